@@ -1,0 +1,26 @@
+# Targets people expect. `make test` is what CI runs (see .ci/run and README).
+PYTHON ?= python3
+export PYTHON
+
+.PHONY: deps test lint typecheck pytest bench demo
+
+deps:
+	./scripts/install-deps.sh
+
+test: deps lint typecheck pytest
+
+lint:
+	$(PYTHON) -m ruff check exporter tests bench
+	$(PYTHON) -m ruff format --check exporter tests bench
+
+typecheck:
+	$(PYTHON) -m mypy
+
+pytest:
+	$(PYTHON) -m pytest
+
+bench: deps
+	$(PYTHON) bench/replay_bench.py
+
+demo: deps
+	k8spacket replay --format table exporter/k8spacket/samples/demo.pcap

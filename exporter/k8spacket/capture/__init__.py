@@ -1,0 +1,1 @@
+"""Live packet capture: interface discovery and AF_PACKET rings."""

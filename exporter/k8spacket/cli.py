@@ -1,0 +1,278 @@
+"""The ``k8spacket`` command line: run, replay, demo, dashboards, version.
+
+User mistakes (a missing file, a bad option value, a file that is not a
+capture) end with one line on stderr and a non-zero exit status, never a
+traceback. Bugs still raise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from k8spacket import __version__
+from k8spacket.flows.record import ConnectionRecord
+from k8spacket.flows.tracker import ConnectionTracker
+
+EXIT_USAGE = 2
+EXIT_INPUT = 1
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _positive_seconds(text: str) -> float:
+    from k8spacket.durations import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="k8spacket",
+        description="TCP traffic visibility for Kubernetes: connection records, "
+        "Prometheus metrics and a Node Graph API.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    rp = sub.add_parser(
+        "replay",
+        help="turn capture files (pcap, pcapng) into connection records",
+        description="Replay capture files through the decoder and connection tracker.",
+    )
+    rp.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng files (may be gzipped)")
+    rp.add_argument(
+        "--format",
+        choices=("jsonl", "table", "prom"),
+        default="jsonl",
+        help="jsonl: one record per line (default); table: aligned columns; "
+        "prom: Prometheus exposition text of the resulting metrics",
+    )
+    rp.add_argument("--inventory", metavar="FILE", help="YAML inventory naming addresses")
+    rp.add_argument(
+        "--close-older-than",
+        type=_positive_seconds,
+        default=20.0,
+        metavar="DURATION",
+        help="flush connections idle this long (default 20s, like closeOlderThanDuration)",
+    )
+    rp.add_argument(
+        "--flush-period",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="DURATION",
+        help="interim records for connections open longer than this (default 10s)",
+    )
+    rp.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=1_000_000,
+        metavar="N",
+        help="hard cap on tracked connections (default 1000000)",
+    )
+    rp.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar on stderr (auto: when stderr is a terminal)",
+    )
+    rp.add_argument("--no-summary", action="store_true", help="do not print the summary line")
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "replay":
+            return cmd_replay(args)
+        if args.command == "version":
+            print(f"k8spacket {__version__}")
+            return 0
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    except UserError as e:
+        print(f"k8spacket: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("k8spacket: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader of our output went away (e.g. `| head`): not an error
+        sys.stderr.close()
+        return 0
+
+
+# ---------------------------------------------------------------------- replay
+def cmd_replay(args: argparse.Namespace) -> int:
+    from k8spacket.replay import replay_files
+
+    records: list[ConnectionRecord] = []
+    out = sys.stdout
+    namer = _load_namer(args.inventory)
+
+    if args.format == "jsonl":
+
+        def sink(rec: ConnectionRecord) -> None:
+            if namer is not None:
+                namer(rec)
+            out.write(json.dumps(rec.to_dict(), separators=(",", ":")))
+            out.write("\n")
+
+    else:
+
+        def sink(rec: ConnectionRecord) -> None:
+            if namer is not None:
+                namer(rec)
+            records.append(rec)
+
+    tracker = ConnectionTracker(
+        sink,
+        close_older_than=args.close_older_than,
+        flush_period=args.flush_period,
+        max_connections=args.max_connections,
+    )
+    progress = _progress_bar(args.progress, args.files)
+    try:
+        stats = replay_files(args.files, tracker, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.format == "table":
+        write_table(records, out)
+    elif args.format == "prom":
+        from k8spacket.metrics.replay import records_to_exposition
+
+        out.write(records_to_exposition(records, tracker=tracker, stats=stats))
+    out.flush()
+    if not args.no_summary:
+        skipped = ", ".join(f"{k}={v}" for k, v in sorted(stats.skipped.items())) or "none"
+        evicted = ", ".join(f"{k}={v}" for k, v in sorted(tracker.evicted.items()) if v)
+        print(
+            f"k8spacket: {stats.files} file(s), {stats.packets} packets, "
+            f"{stats.tcp_packets} TCP, {tracker.connections} connections, "
+            f"{tracker.records} records; skipped: {skipped}"
+            + (f"; evicted: {evicted}" if evicted else ""),
+            file=sys.stderr,
+        )
+    for err in stats.errors:
+        print(f"k8spacket: error: {err}", file=sys.stderr)
+    return EXIT_INPUT if stats.errors else 0
+
+
+def _load_namer(path: str | None) -> Any:
+    """The inventory's record namer, or None without ``--inventory``."""
+    if path is None:
+        return None
+    from k8spacket.enrich.inventory import Inventory, InventoryError
+
+    try:
+        inventory = Inventory.load(path)
+    except InventoryError as e:
+        raise UserError(str(e)) from None
+    return inventory.name_record
+
+
+class _Progress:
+    """A tqdm bar over the bytes of all files, updated once per read buffer."""
+
+    def __init__(self, files: Sequence[str]) -> None:
+        import os
+
+        from tqdm import tqdm
+
+        total = 0
+        for f in files:
+            try:
+                total += os.path.getsize(f)
+            except OSError:
+                pass
+        self._bar = tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, leave=False)
+        self._done: dict[str, int] = {}
+
+    def __call__(self, done: int, size: int, path: str) -> None:
+        prev = self._done.get(path, 0)
+        if done > prev:
+            self._bar.update(done - prev)
+            self._done[path] = done
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress_bar(mode: str, files: Sequence[str]) -> _Progress | None:
+    if mode == "never" or (mode == "auto" and not sys.stderr.isatty()):
+        return None
+    return _Progress(files)
+
+
+# ----------------------------------------------------------------------- table
+_TABLE_COLUMNS = (
+    ("src", "src"),
+    ("sport", "src_port"),
+    ("dst", "dst"),
+    ("dport", "dst_port"),
+    ("sent", "bytes_sent"),
+    ("received", "bytes_received"),
+    ("handshake", "handshake_seconds"),
+    ("duration", "duration_seconds"),
+    ("outcome", "outcome"),
+    ("close", "close"),
+)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.6f}"
+    return str(value)
+
+
+def write_table(records: Sequence[ConnectionRecord], out: TextIO) -> None:
+    """Records as aligned columns (identity columns added when any record has names)."""
+    cols = list(_TABLE_COLUMNS)
+    if any(r.src_workload or r.dst_workload for r in records):
+        cols[1:1] = [("src_workload", "src_workload")]
+        cols.insert(4, ("dst_workload", "dst_workload"))
+    rows = [[_cell(getattr(r, field)) for _, field in cols] for r in records]
+    widths = [len(h) for h, _ in cols]
+    for row in rows:
+        for i, c in enumerate(row):
+            widths[i] = max(widths[i], len(c))
+    out.write("  ".join(h.ljust(w) for (h, _), w in zip(cols, widths, strict=True)).rstrip() + "\n")
+    for row in rows:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

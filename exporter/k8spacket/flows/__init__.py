@@ -1,0 +1,1 @@
+"""Connection tracking: TCP packets in, connection records out."""

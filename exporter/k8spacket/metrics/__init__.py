@@ -1,0 +1,1 @@
+"""Prometheus metrics: the only layer that touches prometheus_client."""

@@ -1,0 +1,1 @@
+"""Node Graph API: connection store answers for Grafana."""

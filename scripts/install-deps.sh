@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install what k8spacket's tests and demo need on a Debian/Ubuntu machine:
+# system tools (from apt, when run as root) and the Python package with its
+# test extras (editable, from PyPI). Safe to run again: it skips what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(libpcap0.8 tcpdump tshark tcpreplay iperf3 prometheus iproute2 make)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing system packages: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "warning: missing system packages (install them as root): ${missing[*]}" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test]"

@@ -1,0 +1,39 @@
+"""Shared pytest configuration.
+
+Tests marked ``netns`` need root (network namespaces, raw sockets). Outside CI
+they are skipped with a reason when not root; in CI (``CI=true``) a missing
+privilege is a failure, so nothing skips itself silently there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip (locally) or fail (in CI) when a test's real component is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required in CI: {why}")
+    pytest.skip(why)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"{name} is not installed (make deps installs it)")
+    assert path is not None
+    return path
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("netns"):
+        require(os.geteuid() == 0, "needs root for network namespaces")
+        require_tool("ip")
