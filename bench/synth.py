@@ -23,8 +23,17 @@ _rec = struct.Struct("<IIII")
 SYN, ACK, FIN, PSH = 0x02, 0x10, 0x01, 0x08
 
 
-def _frame(v6: bool, src: bytes, dst: bytes, sport: int, dport: int,
-           seq: int, ack: int, flags: int, plen: int) -> tuple[bytes, int]:
+def _frame(
+    v6: bool,
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    plen: int,
+) -> tuple[bytes, int]:
     tcp = _tcp.pack(sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0)
     if v6:
         ip = _ip6.pack(6 << 28, 20 + plen, 6, 64, src, dst)
@@ -71,8 +80,9 @@ def _connection(i: int, packets: int, v6: bool) -> tuple[Iterator[tuple[bytes, i
     return frames(), creq * data_pairs, sresp * data_pairs
 
 
-def write_capture(path: str, packets: int = 1_000_000, connections: int = 10_000,
-                  concurrency: int = 2_000) -> dict[str, int]:
+def write_capture(
+    path: str, packets: int = 1_000_000, connections: int = 10_000, concurrency: int = 2_000
+) -> dict[str, int]:
     """Write a pcap; return counts and the expected byte totals."""
     per_conn = max(8, packets // connections)
     expected_sent = expected_received = written = 0
@@ -105,8 +115,12 @@ def write_capture(path: str, packets: int = 1_000_000, connections: int = 10_000
                 f.write(b"".join(out))
                 out.clear()
         f.write(b"".join(out))
-    return {"packets": written, "connections": connections,
-            "bytes_sent": expected_sent, "bytes_received": expected_received}
+    return {
+        "packets": written,
+        "connections": connections,
+        "bytes_sent": expected_sent,
+        "bytes_received": expected_received,
+    }
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ traceback. Bugs still raise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -65,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="turn capture files (pcap, pcapng) into connection records",
         description="Replay capture files through the decoder and connection tracker.",
     )
-    rp.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng files (may be gzipped)")
+    rp.add_argument(
+        "files", nargs="+", metavar="FILE", help="pcap or pcapng files (may be gzipped)"
+    )
     rp.add_argument(
         "--format",
         choices=("jsonl", "table", "prom"),
@@ -210,10 +213,8 @@ class _Progress:
 
         total = 0
         for f in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.path.getsize(f)
-            except OSError:
-                pass
         self._bar = tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, leave=False)
         self._done: dict[str, int] = {}
 

@@ -221,7 +221,7 @@ def decode_ethernet(buf: bytes, off: int, caplen: int, wirelen: int) -> DecodeRe
             o += 4
     except struct.error:
         return SKIP_TRUNCATED
-    if etype == _ETH_IPV4 or etype == _ETH_IPV6:
+    if etype in (_ETH_IPV4, _ETH_IPV6):
         return decode_ip(pkt, o, wirelen)
     return SKIP_NOT_IP
 
@@ -233,7 +233,7 @@ def decode_sll(buf: bytes, off: int, caplen: int, wirelen: int) -> DecodeResult:
         proto = _u16(pkt, 14)[0]
     except struct.error:
         return SKIP_TRUNCATED
-    if proto == _ETH_IPV4 or proto == _ETH_IPV6:
+    if proto in (_ETH_IPV4, _ETH_IPV6):
         return decode_ip(pkt, 16, wirelen)
     return SKIP_NOT_IP
 
@@ -244,7 +244,7 @@ def decode_sll2(buf: bytes, off: int, caplen: int, wirelen: int) -> DecodeResult
     if len(pkt) < 20:
         return SKIP_TRUNCATED
     proto = _u16(pkt, 0)[0]
-    if proto == _ETH_IPV4 or proto == _ETH_IPV6:
+    if proto in (_ETH_IPV4, _ETH_IPV6):
         return decode_ip(pkt, 20, wirelen)
     return SKIP_NOT_IP
 

@@ -19,7 +19,7 @@ import logging
 import os
 import struct
 from collections.abc import Iterator
-from typing import IO, TypeAlias
+from typing import IO, TypeAlias, cast
 
 #: (timestamp seconds, captured bytes, original wire length, pcap link type)
 Packet: TypeAlias = tuple[float, bytes, int, int]
@@ -59,7 +59,7 @@ class CaptureFile:
         self.size = os.fstat(raw.fileno()).st_size
         self._raw = raw
         head = raw.read(4)
-        self._f: IO[bytes] = raw
+        self._f: IO[bytes] | gzip.GzipFile = raw
         if head[:2] == _GZIP_MAGIC:
             raw.seek(0)
             self._f = gzip.GzipFile(fileobj=raw)
@@ -79,9 +79,7 @@ class CaptureFile:
         elif len(head) < 4:
             raise CaptureError(f"{path}: empty or too short to be a capture file")
         else:
-            raise CaptureError(
-                f"{path}: not a pcap or pcapng capture (starts with {head.hex()})"
-            )
+            raise CaptureError(f"{path}: not a pcap or pcapng capture (starts with {head.hex()})")
 
     def position(self) -> int:
         """Bytes consumed from the underlying file (for progress bars)."""
@@ -184,7 +182,7 @@ class CaptureFile:
         f = self._f
         f.seek(0)
         try:
-            reader = RawPcapNgReader(self.path, fdesc=f, magic=f.read(4))
+            reader = RawPcapNgReader(self.path, fdesc=cast(IO[bytes], f), magic=f.read(4))
         except (Scapy_Exception, EOFError, OSError, struct.error) as e:
             raise CaptureError(f"{self.path}: bad pcapng section header: {e}") from None
         n = 0
@@ -207,4 +205,3 @@ class CaptureFile:
                 f"{self.path}: truncated or corrupt after {n} packets "
                 f"({self.size - self._raw.tell()} bytes not readable)"
             )
-

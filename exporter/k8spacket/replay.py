@@ -38,7 +38,10 @@ class ReplayStats:
 
 
 def replay_capture(
-    cf: CaptureFile, tracker: ConnectionTracker, stats: ReplayStats, progress: Progress | None = None
+    cf: CaptureFile,
+    tracker: ConnectionTracker,
+    stats: ReplayStats,
+    progress: Progress | None = None,
 ) -> None:
     """Feed every packet of one open capture to ``tracker``.
 
@@ -58,7 +61,7 @@ def replay_capture(
                     sec, frac, caplen, wirelen = rec(buf, pos)
                     r = dec(buf, pos + 16, caplen, wirelen)
                     if r.__class__ is tuple:
-                        add(sec + frac * tick, r)  # type: ignore[arg-type]
+                        add(sec + frac * tick, r)
                     else:
                         skips[r] += 1  # type: ignore[index]
                     pos += 16 + caplen
@@ -74,7 +77,7 @@ def replay_capture(
                     cur = linktype
                 r = dec(data, 0, len(data), wirelen)
                 if r.__class__ is tuple:
-                    add(ts, r)  # type: ignore[arg-type]
+                    add(ts, r)
                 else:
                     skips[r] += 1  # type: ignore[index]
                 packets += 1

@@ -120,8 +120,8 @@ class ConnectionTracker:
         self.max_connections = max_connections
         self.is_local = is_local
         self.table: dict[int, Connection] = {}
-        self.next_sweep: float | None = None
-        self.packets = 0
+        #: packet time of the next sweep (the first packet triggers one on the empty table)
+        self.next_sweep = float("-inf")
         self.records = 0
         self.connections = 0
         #: reason → count (``idle``, ``capacity``): entries removed before they closed.
@@ -133,11 +133,7 @@ class ConnectionTracker:
     def add(self, ts: float, pkt: Decoded) -> None:
         """Account one decoded packet (see :data:`k8spacket.decode.Decoded`)."""
         key, half, sport, dport, seq, ack, flags, plen = pkt
-        self.packets += 1
-        ns = self.next_sweep
-        if ns is None:
-            self.next_sweep = ts + self.flush_period
-        elif ts >= ns:
+        if ts >= self.next_sweep:
             self.sweep(ts)
         table = self.table
         conn = table.get(key)
@@ -336,8 +332,8 @@ class ConnectionTracker:
             dst_port=dport,
             bytes_sent=conn.cb,
             bytes_received=conn.sb,
-            handshake_seconds=conn.hs,
-            duration_seconds=max(0.0, end - conn.t0),
+            handshake_seconds=None if conn.hs is None else round(conn.hs, 6),
+            duration_seconds=round(max(0.0, end - conn.t0), 6),
             outcome=outcome,
             close=close,  # type: ignore[arg-type]
             start=conn.t0,
@@ -422,4 +418,3 @@ class ConnectionTracker:
     @property
     def open_connections(self) -> int:
         return sum(1 for c in self.table.values() if not c.st & S_CLOSED)
-
