@@ -202,13 +202,15 @@ class ConnectionTracker:
         """Packets with SYN, FIN or RST: the state machine's slow path."""
         st = conn.st
         if flags & SYN:
-            if not flags & ACK and not d:
-                # client SYN: a retransmission, or port reuse after a close
-                if st & (S_SYNACK | S_MID | S_CFIN | S_SFIN | S_CLOSED | S_SSEQ):
+            if not flags & ACK:
+                # A SYN on a closed entry, or the client's SYN on a connection that
+                # got past its own SYN: port reuse, a new connection. Otherwise a
+                # retransmitted SYN (or a simultaneous open): nothing to count.
+                if st & S_CLOSED or (not d and st & (S_SYNACK | S_MID | S_CFIN | S_SFIN | S_SSEQ)):
                     if not st & S_CLOSED:
                         self._final(conn, "idle")
                     del self.table[conn.key]
-                    key = conn.key if conn.cf else reverse_key(conn.key, conn.half)
+                    key = conn.key if conn.cf != d else reverse_key(conn.key, conn.half)
                     self._new(ts, key, conn.half, sport, dport, seq, flags, plen)
                 return
             if flags & ACK and d and not st & S_CLOSED:
@@ -244,8 +246,6 @@ class ConnectionTracker:
                 conn.cb += plen
                 st |= S_CSEQ
             conn.st = st | S_CFIN
-            if st & S_SFIN and flags & ACK and ack == conn.shi:
-                self._final(conn, "fin")
         else:
             if st & S_SSEQ:
                 end = (seq + plen + 1) & MASK
@@ -258,8 +258,6 @@ class ConnectionTracker:
                 conn.sb += plen
                 st |= S_SSEQ
             conn.st = st | S_SFIN
-            if st & S_CFIN and flags & ACK and ack == conn.chi:
-                self._final(conn, "fin")
 
     def _new(
         self,
@@ -280,7 +278,7 @@ class ConnectionTracker:
             self._evict_for_capacity(ts)
         if flags & SYN:
             if flags & ACK:  # SYN-ACK without the SYN: the sender is the server
-                conn = Connection(key, half, False, S_MID | S_SYNACK | S_SSEQ, ts)
+                conn = Connection(key, half, False, S_MID | S_SYNACK | S_SSEQ | S_ESTAB, ts)
                 conn.shi = (seq + 1 + plen) & MASK
                 conn.sb = plen
             else:
