@@ -19,7 +19,7 @@ import logging
 import os
 import struct
 from collections.abc import Iterator
-from typing import IO, TypeAlias, cast
+from typing import IO, TypeAlias
 
 #: (timestamp seconds, captured bytes, original wire length, pcap link type)
 Packet: TypeAlias = tuple[float, bytes, int, int]
@@ -182,7 +182,9 @@ class CaptureFile:
         f = self._f
         f.seek(0)
         try:
-            reader = RawPcapNgReader(self.path, fdesc=cast(IO[bytes], f), magic=f.read(4))
+            # scapy's reader metaclass takes one argument: a path or an open file
+            # (positioned at the start; it reads the magic itself).
+            reader = RawPcapNgReader(f)  # type: ignore[arg-type]  # (its stubs say str)
         except (Scapy_Exception, EOFError, OSError, struct.error) as e:
             raise CaptureError(f"{self.path}: bad pcapng section header: {e}") from None
         n = 0

@@ -150,8 +150,8 @@ class ConnectionTracker:
             d = not conn.cf
         # d is False for client → server, True for server → client
         st = conn.st
-        conn.t1 = ts
         if flags & 0x07 == 0:  # fast path: no SYN/FIN/RST
+            conn.t1 = ts
             if st & S_CLOSED:
                 self.ignored["after_close"] += 1
                 return
@@ -201,6 +201,8 @@ class ConnectionTracker:
     ) -> None:
         """Packets with SYN, FIN or RST: the state machine's slow path."""
         st = conn.st
+        last = conn.t1
+        conn.t1 = ts
         if flags & SYN:
             if not flags & ACK:
                 # A SYN on a closed entry, or the client's SYN on a connection that
@@ -208,6 +210,7 @@ class ConnectionTracker:
                 # retransmitted SYN (or a simultaneous open): nothing to count.
                 if st & S_CLOSED or (not d and st & (S_SYNACK | S_MID | S_CFIN | S_SFIN | S_SSEQ)):
                     if not st & S_CLOSED:
+                        conn.t1 = last  # the old connection ends at its own last packet
                         self._final(conn, "idle")
                     del self.table[conn.key]
                     key = conn.key if conn.cf != d else reverse_key(conn.key, conn.half)
