@@ -234,7 +234,8 @@ class ExternalResolver:
         ``kind=external``, ``workload=<organisation>`` (or ``unknown``), ``name``
         (the reverse-DNS name when enabled), ``org`` and ``country``. An end an
         earlier source already called ``external`` (an inventory entry) keeps its
-        name and workload and gets ``org``/``country`` filled in.
+        name and workload (unless that is empty or ``unknown``) and gets
+        ``org``/``country`` filled in.
         """
         kind = rec.dst_kind
         if kind == "" or kind == "unknown" or kind == "external":
@@ -245,6 +246,8 @@ class ExternalResolver:
                     rec.dst_kind = "external"
                     rec.dst_name = ident.name
                     rec.dst_namespace = ""
+                    rec.dst_workload = ident.workload
+                elif rec.dst_workload in ("", UNKNOWN_ORG):
                     rec.dst_workload = ident.workload
                 rec.dst_org = info.org
                 rec.dst_country = info.country
@@ -257,6 +260,8 @@ class ExternalResolver:
                     rec.src_kind = "external"
                     rec.src_name = ident.name
                     rec.src_namespace = ""
+                    rec.src_workload = ident.workload
+                elif rec.src_workload in ("", UNKNOWN_ORG):
                     rec.src_workload = ident.workload
                 rec.src_org = info.org
                 rec.src_country = info.country

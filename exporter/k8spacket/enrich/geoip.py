@@ -123,6 +123,8 @@ class GeoIPDatabase:
 
     def lookup(self, ip: str) -> GeoAnswer | None:
         """Country, city, ASN and organisation of ``ip``; ``None`` when no database knows it."""
+        if ip[:7].lower() == "::ffff:" and "." in ip:
+            ip = ip[7:]  # IPv4-mapped: not every database aliases ::ffff:0:0/96 to its IPv4 tree
         country = city = org = ""
         asn: int | None = None
         found = False

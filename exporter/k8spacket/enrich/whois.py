@@ -170,8 +170,11 @@ def failure_kind(exc: BaseException) -> str:
                 return "timeout"
             if isinstance(reason, ConnectionRefusedError):
                 return "refused"
-        if "DNS Timeout" in str(seen):
+        text = str(seen)
+        if "DNS Timeout" in text:
             return "timeout"
+        if "DNS NXDOMAIN" in text or "DNS NoAnswer" in text:
+            return "not_found"
         seen = seen.__cause__ or seen.__context__
         depth += 1
     return "error"
@@ -239,14 +242,26 @@ class RegistryClient:
         if not self.limiter.acquire("cymru"):
             steps.append(("asn_dns", "rate_limited"))
             return {}
+        # IPASN.lookup() would hide why DNS failed; its two steps, called directly, do not
+        ipasn = IPASN(net)
         try:
-            data: dict[str, Any] = IPASN(net).lookup(
-                retry_count=0, asn_methods=["dns"], get_asn_description=True
-            )
+            answers = net.get_asn_dns()
+            data: dict[str, Any] = ipasn.parse_fields_dns(str(answers[0]))
         except ipwhois.exceptions.BaseIpwhoisException as e:
             steps.append(("asn_dns", failure_kind(e)))
             return {}
+        except IndexError:
+            steps.append(("asn_dns", "not_found"))
+            return {}
         steps.append(("asn_dns", "ok"))
+        if data.get("asn"):
+            try:
+                verbose = net.get_asn_verbose_dns(f"AS{data['asn']}")
+                data["asn_description"] = ipasn.parse_fields_verbose_dns(verbose)[
+                    "asn_description"
+                ]
+            except ipwhois.exceptions.BaseIpwhoisException as e:
+                steps.append(("asn_dns", failure_kind(e)))
         return data
 
     def _rdap(
