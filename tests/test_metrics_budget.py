@@ -50,7 +50,7 @@ def test_trailing_label_keeps_its_value_when_folded() -> None:
     assert sum(s[0] for s in b.data.values()) == 100
 
 
-@pytest.mark.parametrize("limit", [2, 5, 10, 100, 1000], ids=str)
+@pytest.mark.parametrize("limit", [3, 5, 10, 100, 1000], ids=str)
 def test_never_more_label_sets_than_the_limit(limit: int) -> None:
     b = SeriesBudget("f", limit=limit, width=1, fold_mask=FOLD, fold_all_mask=ALL)
     for i in range(5000):
@@ -60,8 +60,8 @@ def test_never_more_label_sets_than_the_limit(limit: int) -> None:
 
 
 def test_limit_too_small_is_refused() -> None:
-    with pytest.raises(ValueError, match="at least 5"):
-        SeriesBudget("f", limit=4, width=1, fold_mask=FOLD, fold_all_mask=ALL, tail_values=4)
+    with pytest.raises(ValueError, match="at least 9"):
+        SeriesBudget("f", limit=8, width=1, fold_mask=FOLD, fold_all_mask=ALL, tail_values=4)
 
 
 def test_over_budget_records_fold_and_are_counted_per_family() -> None:

@@ -6,7 +6,7 @@ it was last updated. It never holds more than ``limit`` label sets:
 
 1. a new label set is kept as it is while the family holds fewer than
    ``limit - reserve`` label sets (``reserve`` is a tenth of the limit, at least
-   ``tail_values``);
+   twice ``tail_values``);
 2. past that it is folded: the workload labels and every opt-in label
    (``src_pod``, ``dst_pod``, ``src_ip``, ``dst_ip``, ``src_port``,
    ``dst_country``) become ``__other__``; namespaces, kinds and ``dst_port``
@@ -68,9 +68,9 @@ class SeriesBudget:
     ) -> None:
         if tail_values < 1:
             raise ValueError("tail_values must be at least 1")
-        if limit < tail_values + 1:
+        if limit < 2 * tail_values + 1:
             raise ValueError(
-                f"series budget of {family} must be at least {tail_values + 1}, got {limit}"
+                f"series budget of {family} must be at least {2 * tail_values + 1}, got {limit}"
             )
         self.family = family
         self.limit = limit
@@ -79,7 +79,7 @@ class SeriesBudget:
         self.fold_all_mask = fold_all_mask
         #: How many values the family's own trailing label (``outcome``…) can take.
         self.tail_values = tail_values
-        self.reserve = max(tail_values, limit // 10)
+        self.reserve = max(2 * tail_values, limit // 10)
         self.keep = keep
         self.data: dict[Key, Slot] = {}
         self.overflow = 0
