@@ -106,6 +106,18 @@ CASES: list[tuple[str, str, dict[str, Any], list[dict[str, Any]], dict[str, int]
         {},
     ),
     (
+        "unanswered-long-idle-timeout-interim-only",
+        "unanswered.pcap",
+        {"close_older_than": 60.0},
+        [
+            # not idle yet at the sweep of 30 s: one interim record, nothing more at the end
+            rec(V4C, 40001, V4S, 81, 0, 0, None, "unanswered", None, 1.0, 30.0),
+            rec("10.0.0.3", 40002, V4S, 80, 0, 0, 0.0007, EST, "fin", 30.0, 30.0102),
+            rec(V4C, 40003, "10.0.0.9", 443, 0, 0, None, "unanswered", None, 31.0, 31.0),
+        ],
+        {},
+    ),
+    (
         "retransmissions-and-duplicates-once",
         "retransmit.pcap",
         {},

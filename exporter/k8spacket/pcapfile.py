@@ -18,6 +18,7 @@ import gzip
 import logging
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from typing import IO, TypeAlias
 
@@ -65,7 +66,7 @@ class CaptureFile:
             self._f = gzip.GzipFile(fileobj=raw)
             try:
                 head = self._f.read(4)
-            except (OSError, EOFError) as e:
+            except (OSError, EOFError, zlib.error) as e:
                 raise CaptureError(f"{path}: broken gzip stream: {e}") from None
         self.magic = head
         self.linktype = -1
@@ -116,7 +117,7 @@ class CaptureFile:
         endian, self.tick = _PCAP_MAGICS[self.magic]
         try:
             hdr = self._f.read(20)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise CaptureError(f"{self.path}: {e}") from None
         if len(hdr) < 20:
             raise CaptureTruncated(f"{self.path}: truncated file header")
@@ -140,7 +141,7 @@ class CaptureFile:
         while not eof:
             try:
                 more = f.read(_CHUNK)
-            except (OSError, EOFError) as e:
+            except (OSError, EOFError, zlib.error) as e:
                 self.packets_read = n
                 raise CaptureTruncated(f"{self.path}: read error after {n} packets: {e}") from None
             buf = buf[pos:] + more

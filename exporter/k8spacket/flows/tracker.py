@@ -411,7 +411,7 @@ class ConnectionTracker:
                 self._final(conn, "fin")
                 continue
             end = conn.t1 if now is None else max(now, conn.t1)
-            if st & S_REPORTED and conn.cb == 0 and conn.sb == 0 and end == conn.rep:
+            if st & S_REPORTED and conn.cb == 0 and conn.sb == 0 and end <= conn.rep:
                 continue
             self.sink(self._record(conn, None, end))
         self.table.clear()
