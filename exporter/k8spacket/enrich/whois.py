@@ -257,9 +257,7 @@ class RegistryClient:
         if data.get("asn"):
             try:
                 verbose = net.get_asn_verbose_dns(f"AS{data['asn']}")
-                data["asn_description"] = ipasn.parse_fields_verbose_dns(verbose)[
-                    "asn_description"
-                ]
+                data["asn_description"] = ipasn.parse_fields_verbose_dns(verbose)["asn_description"]
             except ipwhois.exceptions.BaseIpwhoisException as e:
                 steps.append(("asn_dns", failure_kind(e)))
         return data
