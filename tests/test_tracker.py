@@ -16,7 +16,7 @@ from k8spacket.decode import SKIP_REASONS
 from k8spacket.flows.record import ConnectionRecord
 from k8spacket.flows.tracker import ConnectionTracker
 from k8spacket.replay import ReplayStats, replay_files
-from pcapgen import captures
+from pcapgen import Capture, captures
 
 GEN = Path(__file__).resolve().parent / "data" / "gen"
 V4C, V4S = "10.0.0.1", "10.0.0.2"
@@ -327,3 +327,16 @@ def test_committed_capture_is_current(name: str, tmp_path: Path) -> None:
 def test_bad_tracker_options_raise(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ConnectionTracker(lambda r: None, **kwargs)
+
+
+def test_timestamps_going_backwards_never_end_before_start(tmp_path: Path) -> None:
+    """Merged captures can step back in time; a record still ends at or after its start."""
+    cap = Capture()
+    conv = cap.tcp(("10.0.0.1", 50000), ("10.0.0.2", 443))
+    conv.client(10.0, "PA", 5)
+    conv.server(4.0, "PA", 6)  # written later, stamped earlier
+    cap.write_pcap(tmp_path / "back.pcap")
+    records, _, _ = replay([tmp_path / "back.pcap"])
+    assert [shape(r) for r in records] == [
+        rec(V4C, 50000, V4S, 443, 5, 6, None, "midstream", None, 10.0, 10.0)
+    ]

@@ -305,6 +305,8 @@ class ConnectionTracker:
 
     # ----------------------------------------------------------------- records
     def _record(self, conn: Connection, close: str | None, end: float) -> ConnectionRecord:
+        if end < conn.t0:  # capture timestamps that go backwards: never end before the start
+            end = conn.t0
         a, pa, b, pb = key_endpoints(conn.key, conn.half)
         if conn.cf:
             src, sport, dst, dport = a, pa, b, pb
