@@ -23,3 +23,6 @@ fi
 
 PY=${PYTHON:-python3}
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
+
+# MaxMind's own GeoIP test databases (they ship only in the maxminddb source archive).
+PYTHON="$PY" ./tests/fixtures/fetch_maxmind_test_dbs.sh
