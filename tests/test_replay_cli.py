@@ -326,3 +326,28 @@ def test_console_script_matches_module() -> None:
     )
     assert p.returncode == 0
     assert p.stdout == k8spacket("replay", "--format", "table", GEN / "fin_close.pcap").stdout
+
+
+def test_demo_sample_is_current_and_replays(tmp_path: Path) -> None:
+    """``make demo``: the committed sample is what tests/pcapgen/demo.py makes, and it replays."""
+    from pcapgen import demo
+
+    fresh = demo.write(tmp_path)
+    for path in fresh:
+        assert path.read_bytes() == (demo.SAMPLES / path.name).read_bytes(), f"stale {path.name}"
+    assert (demo.SAMPLES / "demo.pcap").stat().st_size < 200_000
+    p = k8spacket(
+        "replay",
+        "--inventory",
+        demo.SAMPLES / "demo-inventory.yaml",
+        demo.SAMPLES / "demo.pcap",
+    )
+    no_traceback(p)
+    assert p.returncode == 0, p.stderr
+    records = [json.loads(line) for line in p.stdout.splitlines()]
+    outcomes = sorted({(r["outcome"], r["close"]) for r in records})
+    assert outcomes == [("established", "fin"), ("established", "rst"), ("refused", "rst")]
+    assert {r["src_workload"] for r in records} == {"frontend", "cart", "catalog"}
+    assert any(r["dst"] == "81.2.69.142" and r["dst_kind"] == "external" for r in records)
+    assert any(":" in r["src"] for r in records)
+    assert all(r["src_kind"] == "pod" for r in records)
