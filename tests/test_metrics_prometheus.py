@@ -1,8 +1,8 @@
 """A real Prometheus scrapes the exporter; PromQL returns what the test generated.
 
 The exporter side is an :class:`ExporterTarget`: an address Prometheus scrapes
-and a ``feed(records)`` that makes traffic happen. Today it is the collector
-served by ``prometheus_client.start_http_server`` on 127.0.0.1 and fed with
+and a ``feed(records)`` that makes traffic happen. Today it is the collector's
+WSGI app (``make_wsgi_app``, the fast exposition) served on 127.0.0.1 and fed with
 synthesized connection records of known sizes; once ``k8spacket run`` exists
 the same test can get a target that starts the agent and makes real
 connections (the assertions only use PromQL).
@@ -19,19 +19,20 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
-from prometheus_client import start_http_server
 
 from conftest import require_tool
 from k8spacket.flows.record import ConnectionRecord
-from k8spacket.metrics.collector import build_registry
+from k8spacket.metrics.collector import K8spacketCollector, make_wsgi_app
 from k8spacket.metrics.sources import SelfMetricSources
 from k8spacket.metrics.traffic import TrafficMetrics
 from test_metrics_factories import rec
@@ -48,13 +49,22 @@ class ExporterTarget(Protocol):
     def feed(self, records: Iterable[ConnectionRecord]) -> None: ...
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 class CollectorTarget:
-    """The collector behind prometheus_client's HTTP server on 127.0.0.1."""
+    """The collector's WSGI app (what /metrics serves) on 127.0.0.1, in a thread."""
 
     def __init__(self) -> None:
         self.traffic = TrafficMetrics()
-        registry = build_registry(self.traffic, SelfMetricSources(flows_tracked=lambda: 0))
-        self.server, self.thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+        collector = K8spacketCollector(self.traffic, SelfMetricSources(flows_tracked=lambda: 0))
+        self.server = make_server(
+            "127.0.0.1", 0, make_wsgi_app(collector), handler_class=_QuietHandler
+        )
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
         self.address = f"127.0.0.1:{self.server.server_port}"
 
     def feed(self, records: Iterable[ConnectionRecord]) -> None:
