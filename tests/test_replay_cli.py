@@ -209,10 +209,6 @@ def test_truncated_pcap_prints_records_before_the_cut(tmp_path: Path) -> None:
     assert "9 packets" in p.stderr.splitlines()[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pcapfile: scapy's pcapng reader treats a cut block as a clean end of file",
-)
 def test_truncated_pcapng_is_an_error(tmp_path: Path) -> None:
     path = truncated_copy(GEN / "standard.pcapng", tmp_path / "cut.pcapng", 40)
     p = k8spacket("replay", path)

@@ -180,6 +180,10 @@ class CaptureFile:
         from scapy.utils import RawPcapNgReader
 
         logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
+        try:
+            problem = self._pcapng_problem()
+        except (OSError, EOFError, zlib.error) as e:
+            problem = f"unreadable ({e})"
         f = self._f
         f.seek(0)
         try:
@@ -203,8 +207,46 @@ class CaptureFile:
             n += 1
             yield ts, data, wirelen, meta.linktype
         self.packets_read = n
-        if not isinstance(self._f, gzip.GzipFile) and self._raw.tell() < self.size:
-            raise CaptureTruncated(
-                f"{self.path}: truncated or corrupt after {n} packets "
-                f"({self.size - self._raw.tell()} bytes not readable)"
-            )
+        if problem:
+            raise CaptureTruncated(f"{self.path}: {problem} after {n} packets")
+
+    def _pcapng_problem(self) -> str | None:
+        """Walk the pcapng block lengths: what is wrong with the file's end, if anything.
+
+        scapy's reader takes a block cut short for a clean end of file, so the
+        structure is checked here first (seeking over block bodies; a gzipped file
+        is read through once).
+        """
+        f = self._f
+        f.seek(0)
+        endian = "<"
+        offset = 0
+        while True:
+            head = f.read(8)
+            if not head:
+                return None
+            if len(head) < 8:
+                return f"truncated block header at byte {offset}"
+            if head[:4] == _PCAPNG_MAGIC:
+                bom = f.read(4)
+                if len(bom) < 4:
+                    return f"truncated section header at byte {offset}"
+                endian = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
+                consumed = 12
+            else:
+                consumed = 8
+            blocklen = struct.unpack(endian + "I", head[4:8])[0]
+            if blocklen < 12 or blocklen % 4:
+                return f"corrupt block length {blocklen} at byte {offset}"
+            rest = blocklen - consumed
+            if isinstance(f, gzip.GzipFile):
+                got = len(f.read(rest))
+            else:
+                here = f.tell()
+                got = min(rest, max(0, self.size - here))
+                f.seek(here + got)
+            if got < rest:
+                return (
+                    f"truncated block at byte {offset} ({blocklen - consumed - got} bytes missing)"
+                )
+            offset += blocklen
