@@ -23,4 +23,4 @@ bench: deps
 	$(PYTHON) bench/replay_bench.py
 
 demo: deps
-	k8spacket replay --format table exporter/k8spacket/samples/demo.pcap
+	k8spacket replay --format table --inventory exporter/k8spacket/samples/demo-inventory.yaml exporter/k8spacket/samples/demo.pcap
