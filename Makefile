@@ -21,6 +21,9 @@ pytest:
 
 bench: deps
 	$(PYTHON) bench/replay_bench.py
+	$(PYTHON) bench/metrics_bench.py
+	$(PYTHON) bench/enrichment_bench.py
+	$(PYTHON) bench/k8s_cache.py
 
 demo: deps
 	k8spacket replay --format table --inventory exporter/k8spacket/samples/demo-inventory.yaml exporter/k8spacket/samples/demo.pcap
