@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from fixtures.external_traffic import decoded_packets, server_address
-from k8spacket.enrich.external import PENDING, ExternalResolver
-from k8spacket.enrich.geoip import GeoIPDatabase
+from k8spacket.enrich.classify import PRIVATE_NETWORKS, is_private
+from k8spacket.enrich.external import PENDING, ExternalResolver, duty_pause
+from k8spacket.enrich.geoip import GeoAnswer, GeoIPDatabase
 from k8spacket.enrich.identity import Identity, ResolverChain
 from k8spacket.enrich.whois import (
     RegistryAnswer,
@@ -56,6 +57,19 @@ class SlowRegistry:
         self.calls += 1
         self.stop.wait(self.delay)
         return RegistryResult(RegistryAnswer(f"Org of {ip}", "ZZ", 64512), [("rdap", "ok")])
+
+
+class CostlyGeoIP(GeoIPDatabase):
+    """Answers every address with a country and advances ``clock`` by ``cost`` per lookup,
+    so a batch's budget is spent by lookups, not by the machine's speed."""
+
+    def __init__(self, clock: FakeClock, cost: float) -> None:  # opens no database
+        self.clock, self.cost, self.calls = clock, cost, 0
+
+    def lookup(self, ip: str) -> GeoAnswer | None:
+        self.calls += 1
+        self.clock.now += self.cost
+        return GeoAnswer(country="ZZ")
 
 
 def rec(dst: str, src: str = "10.244.1.5") -> ConnectionRecord:
@@ -181,6 +195,130 @@ def test_full_queue_is_a_counted_drop() -> None:
     assert r.counts.snapshot() == {("queue", "dropped"): 7}
     r.lookup(server_address(0))  # already queued: no second entry, no drop
     assert r.counts.snapshot() == {("queue", "dropped"): 7}
+
+
+@pytest.mark.parametrize(
+    ("spent", "elapsed", "duty", "pause"),
+    [
+        (0.001, 0.001, 0.05, 0.019),  # 1 ms of work at 5%: 19 ms of rest
+        (0.001, 0.010, 0.05, 0.010),  # a worker that waited on the network rests less
+        (0.001, 0.050, 0.05, 0.0),  # waited long enough already
+        (0.0, 0.0, 0.05, 0.0),
+        (0.002, 0.002, 1.0, 0.0),  # no limit
+    ],
+    ids=["cpu-bound", "partly-waiting", "mostly-waiting", "idle", "duty-1"],
+)
+def test_duty_pause(spent: float, elapsed: float, duty: float, pause: float) -> None:
+    assert duty_pause(spent, elapsed, duty) == pytest.approx(pause)
+
+
+def test_geoip_batch_works_within_its_budget_and_the_rest_waits() -> None:
+    clock = FakeClock()
+    geo = CostlyGeoIP(clock, cost=0.001)  # 1 ms per lookup; budget 5% of 50 ms = 2.5 ms
+    r = ExternalResolver(
+        geoip=geo, work_clock=clock, geoip_duty=0.05, interval=0.05, queue_size=8, start=False
+    )
+    handed = [server_address(i) for i in range(10)]
+    for ip in handed:
+        assert r.info(ip) is PENDING
+    assert len(r._queue) == 8 and r.counts.snapshot() == {("queue", "dropped"): 2}
+
+    pause = r.geoip_batch()
+    assert geo.calls == 3  # 1, 2, 3 ms: the third crosses the 2.5 ms budget
+    assert pause == pytest.approx(0.003 / 0.05 - 0.003)  # average stays at 5%
+    assert r.pending == set(handed[3:8])
+    assert [r.info(ip) for ip in handed[:3]] == [r.info(handed[0])] * 3
+    assert r.info(handed[0]) is not PENDING
+
+    batches = 1
+    while r.pending:
+        r.geoip_batch()
+        batches += 1
+        assert len(r._queue) <= 8 and len(r.known) <= 8
+    assert batches == 3  # 3 + 3 + 2
+    counts = r.counts.snapshot()
+    looked_up = counts[("geoip", "ok")]
+    assert looked_up == geo.calls == 8
+    assert looked_up + counts[("queue", "dropped")] == len(handed)
+
+    # the two dropped addresses are handed off again on their next record
+    assert r.info(handed[8]) is PENDING and r.info(handed[9]) is PENDING
+    assert r.pending == set(handed[8:])
+
+
+def test_idle_geoip_stage_polls_on_the_interval() -> None:
+    clock = FakeClock()
+    r = ExternalResolver(geoip=None, work_clock=clock, interval=0.05, start=False)
+    assert r.geoip_batch() == pytest.approx(0.05)
+    assert r.wait_idle(0.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"geoip_duty": 0.0}, {"registry_duty": 1.5}, {"interval": 0.0}, {"queue_size": 0}],
+    ids=["geoip-duty-0", "registry-duty-over-1", "interval-0", "queue-0"],
+)
+def test_bad_budget_settings_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        ExternalResolver(geoip=None, start=False, **kwargs)
+
+
+def test_registry_worker_rests_after_a_costly_lookup_and_stopping_ends_the_rest() -> None:
+    cpu = FakeClock()
+    called = threading.Event()
+
+    class CostlyRegistry:
+        calls = 0
+
+        def lookup(self, ip: str) -> RegistryResult:
+            self.calls += 1
+            cpu.now += 10.0  # ten CPU seconds: at 1% the worker must rest ~1000 s
+            called.set()
+            return RegistryResult(RegistryAnswer("Org", "ZZ", 64512), [("rdap", "ok")])
+
+    registry = CostlyRegistry()
+    r = ExternalResolver(
+        geoip=None, registry=registry, workers=1, registry_duty=0.01, cpu_clock=cpu
+    )
+    threads = list(r._threads)
+    addresses = [server_address(i) for i in range(3)]
+    for ip in addresses:
+        r.lookup(ip)
+    assert called.wait(30)
+    assert not r.wait_idle(0.3)  # two addresses wait at the registry queue
+    assert r.pending == set(addresses[1:])
+    r.close(5.0)
+    assert not any(t.is_alive() for t in threads)
+    assert registry.calls == 1
+    assert r.counts.snapshot() == {("rdap", "ok"): 1}
+
+
+@pytest.mark.parametrize("first", range(256), ids=lambda b: f"{b}.x")
+def test_fast_classification_agrees_with_the_table(first: int) -> None:
+    """``is_private`` decides most addresses by their first byte; check it against a
+    plain ``ipaddress`` reading of ``PRIVATE_NETWORKS`` at both ends of every /8 and
+    at the ends of every listed range inside it, for IPv4 and for IPv6."""
+    import ipaddress
+
+    nets = [ipaddress.ip_network(c) for c, _ in PRIVATE_NETWORKS]
+    mapped, nat64 = ipaddress.ip_network("::ffff:0:0/96"), ipaddress.ip_network("64:ff9b::/96")
+
+    def reference(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if isinstance(a, ipaddress.IPv6Address) and (a in mapped or a in nat64):
+            a = ipaddress.IPv4Address(int(a) & 0xFFFFFFFF)
+        return any(a.version == n.version and a in n for n in nets)
+
+    for bits in (32, 128):
+        lo, hi = first << (bits - 8), ((first + 1) << (bits - 8)) - 1
+        probes = {lo, hi, (lo + hi) // 2}
+        for n in nets:
+            a, b = int(n.network_address), int(n.broadcast_address)
+            probes |= {v for v in (a - 1, a, b, b + 1) if lo <= v <= hi and n.max_prefixlen == bits}
+        if bits == 128 and first == 0:
+            probes |= {int(mapped.network_address) + 0x0A000001, int(nat64.network_address) + 8}
+        for v in probes:
+            addr = ipaddress.ip_address(v) if bits == 32 else ipaddress.IPv6Address(v)
+            assert is_private(str(addr)) is reference(addr), addr
 
 
 def test_token_bucket_and_per_registry_limits() -> None:

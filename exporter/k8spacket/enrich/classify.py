@@ -12,8 +12,11 @@ a node.
 
 Limits: the table is fixed at import (it does not follow IANA registry updates),
 and a string that is not an IP address is treated as private (never looked up).
-Checks are ``inet_pton`` and a binary search over integer ranges (about a microsecond),
-cheap enough for every connection record; callers cache the verdict for private ones.
+A check is ``inet_pton`` and one tuple index on the first byte (about 0.3 µs): the
+verdict of every /8 that lies wholly inside or wholly outside the table is
+precomputed, and only addresses in the few /8s the table splits (``100.``,
+``172.``, ``192.``, ``fe``, …) go on to a binary search over integer ranges.
+Cheap enough for every connection record; callers cache the verdict for private ones.
 """
 
 from __future__ import annotations
@@ -72,6 +75,32 @@ _MAPPED_LO, _MAPPED_HI = int(_MAPPED.network_address), int(_MAPPED.broadcast_add
 _NAT64_LO, _NAT64_HI = int(_NAT64.network_address), int(_NAT64.broadcast_address)
 
 
+def _first_byte_verdicts(
+    starts: list[int], ends: list[int], bits: int, special: tuple[tuple[int, int], ...] = ()
+) -> tuple[bool | None, ...]:
+    """Per first byte: ``True`` (the whole /8 is private), ``False`` (no address in
+    it is), ``None`` (the table splits it, or it holds ``special`` ranges)."""
+    shift = bits - 8
+    out: list[bool | None] = []
+    for b in range(256):
+        lo, hi = b << shift, ((b + 1) << shift) - 1
+        if any(s <= lo and hi <= e for s, e in zip(starts, ends, strict=True)):
+            out.append(True)
+        elif any(s <= hi and lo <= e for s, e in (*zip(starts, ends, strict=True), *special)):
+            out.append(None)
+        else:
+            out.append(False)
+    return tuple(out)
+
+
+_V4_FIRST = _first_byte_verdicts(_V4_START, _V4_END, 32)
+_V6_FIRST = _first_byte_verdicts(
+    _V6_START, _V6_END, 128, ((_MAPPED_LO, _MAPPED_HI), (_NAT64_LO, _NAT64_HI))
+)
+_inet_pton = socket.inet_pton
+_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
+
+
 def _in(value: int, starts: list[int], ends: list[int]) -> bool:
     i = bisect.bisect_right(starts, value) - 1
     return i >= 0 and value <= ends[i]
@@ -81,11 +110,18 @@ def is_private(ip: str) -> bool:
     """True when ``ip`` is in a range that is never looked up (or is not an address)."""
     try:
         if ":" in ip:
-            value = int.from_bytes(socket.inet_pton(socket.AF_INET6, ip), "big")
+            packed = _inet_pton(_AF_INET6, ip)
+            verdict = _V6_FIRST[packed[0]]
+            if verdict is not None:
+                return verdict
+            value = int.from_bytes(packed, "big")
         else:
-            value = int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
-            return _in(value, _V4_START, _V4_END)
-    except OSError:
+            packed = _inet_pton(_AF_INET, ip)
+            verdict = _V4_FIRST[packed[0]]
+            if verdict is not None:
+                return verdict
+            return _in(int.from_bytes(packed, "big"), _V4_START, _V4_END)
+    except (OSError, ValueError):  # not an address (ValueError: an embedded NUL)
         return True
     if _MAPPED_LO <= value <= _MAPPED_HI or _NAT64_LO <= value <= _NAT64_HI:
         return _in(value & 0xFFFFFFFF, _V4_START, _V4_END)

@@ -3,25 +3,40 @@ organisation and a country, without ever making the caller wait.
 
 The caller (whoever names connection records) asks :meth:`ExternalResolver.lookup`
 or :meth:`ExternalResolver.name_record`. For an external address (see
-``classify.py``) it gets, right now, whatever the caches hold; an address seen for
-the first time is queued and the caller gets organisation ``unknown`` now and the
-name on a later record. Two background stages do the work:
+``classify.py``) it gets, right now, whatever is known; an address seen for the
+first time is handed off and the caller gets organisation ``unknown`` now and
+the name on a later record. The caller's path takes no lock: one probe of a plain
+dict (:attr:`ExternalResolver.known`, a mirror of the caches that only the
+background stages write), and on first sight a cheap classification
+(``is_private``, about 0.3 µs) and an append to a bounded ``collections.deque``.
+
+Two background stages do the work, each on a CPU budget so that neither can slow
+the packet path much, however many new addresses arrive:
 
 * the **GeoIP stage** (one thread): country, city, and, with an ASN database,
-  the organisation (``geoip.py``), a few tens of microseconds each. It yields
-  the interpreter lock after every address so that it takes little CPU from the
-  packet path while that is busy;
+  the organisation (``geoip.py``), a few tens of microseconds each. It polls the
+  hand-off every ``interval`` (default 50 ms) and works through it for at most
+  ``geoip_duty * interval`` (default 5% → 2.5 ms), then sleeps; a batch that
+  overruns (one slow lookup) stretches the pause so the average stays at
+  ``geoip_duty`` of one core. Time is wall time (``work_clock``): while this
+  thread runs Python it holds the interpreter lock the packet path needs;
 * the **registry stage** (``workers`` threads): only for addresses the ASN
   database does not name, RDAP then whois (``whois.py``, rate limited per
   registry), and reverse DNS when enabled (off by default: provider hostnames
-  such as ``ec2-3-5-7-9.compute.amazonaws.com`` are noise).
+  such as ``ec2-3-5-7-9.compute.amazonaws.com`` are noise). After each address a
+  worker sleeps in proportion to the CPU time (``cpu_clock``) it spent, so all
+  workers together stay within ``registry_duty`` of one core; time spent waiting
+  on the network costs nothing.
 
-Both queues are bounded: an address that finds its queue full is not looked up
-this time (a counted drop, ``("queue"|"registry_queue", "dropped")``) and is tried
-again when it shows up on a later record. Results go to a TTL cache (named) or a
-shorter-lived negative cache (no organisation found, or the registries failed),
-both from cachetools with fixed ``maxsize``; the addresses in flight are bounded
-by the queue sizes. So memory is bounded whatever the traffic.
+Both stages are bounded: an address that finds the hand-off (``queue_size``) or
+the registry queue (``registry_queue_size``) full is not looked up this time (a
+counted drop, ``("queue"|"registry_queue", "dropped")``) and is tried again when
+it shows up on a later record. When new addresses arrive faster than the GeoIP
+budget allows, the hand-off fills and the surplus is dropped this way. Results go
+to a TTL cache (named) or a shorter-lived negative cache (no organisation found,
+or the registries failed), both from cachetools with fixed ``maxsize``; the
+addresses in flight are bounded by the queue sizes. So memory is bounded
+whatever the traffic.
 
 Every step is counted by ``(source, result)`` in :attr:`ExternalResolver.counts`
 (see :data:`SOURCES`, :data:`RESULTS`); ``metrics/`` renders it as
@@ -31,7 +46,9 @@ of Prometheus.
 Limits: a record keeps the name it was given (records are not re-sent when a
 lookup finishes later); a hung registry holds one worker for ``timeout`` seconds
 per step, so with every worker held new addresses are dropped (and counted)
-rather than queued without end.
+rather than queued without end. The hand-off drop counter is written without a
+lock: exact with one calling thread (the packet path), it may miss a drop when
+several threads name records at the same instant.
 """
 
 from __future__ import annotations
@@ -90,9 +107,20 @@ class Registry(Protocol):
     def lookup(self, ip: str) -> RegistryResult: ...
 
 
+#: What :attr:`ExternalResolver.known` holds per address: the identity, the info, and
+#: (flat, for the caller's path) the name, workload, organisation and country.
+_Entry = tuple[Identity, ExternalInfo, str, str, str, str]
+
 #: What the caller gets for an external address whose lookup has not finished.
 PENDING = ExternalInfo()
-_PENDING_ENTRY = (Identity("", "", UNKNOWN_ORG, "external"), PENDING)
+_PENDING_ENTRY: _Entry = (
+    Identity("", "", UNKNOWN_ORG, "external"),
+    PENDING,
+    "",
+    UNKNOWN_ORG,
+    "",
+    "",
+)
 
 
 def reverse_dns_lookup(ip: str) -> str | None:
@@ -104,11 +132,17 @@ def reverse_dns_lookup(ip: str) -> str | None:
 
 
 class LookupCounts:
-    """Thread-safe ``(source, result) → count``."""
+    """Thread-safe ``(source, result) → count``.
+
+    :attr:`handoff_dropped` is the one count the caller's path writes, as a plain
+    integer without the lock (``("queue", "dropped")`` in :meth:`snapshot`).
+    """
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
+        #: new addresses that found the hand-off full (written by the caller only)
+        self.handoff_dropped = 0
 
     def add(self, source: str, result: str, n: int = 1) -> None:
         with self._lock:
@@ -117,10 +151,18 @@ class LookupCounts:
 
     def snapshot(self) -> dict[tuple[str, str], int]:
         with self._lock:
-            return dict(self._counts)
+            out = dict(self._counts)
+        dropped = self.handoff_dropped
+        if dropped:
+            out[("queue", "dropped")] = out.get(("queue", "dropped"), 0) + dropped
+        return out
 
 
-_Entry = tuple[Identity, ExternalInfo]
+def duty_pause(spent: float, elapsed: float, duty: float) -> float:
+    """Seconds to sleep after ``spent`` seconds of work in ``elapsed`` seconds, so
+    that work stays at most ``duty`` (a fraction) of the time: ``spent / duty -
+    elapsed``, never negative."""
+    return max(0.0, spent / duty - elapsed)
 
 
 class _MirroredTTLCache(TTLCache[str, _Entry]):
@@ -156,8 +198,9 @@ class ExternalResolver:
     Implements the ``Resolver`` protocol of ``identity.py`` (put it last in the
     chain) and :meth:`name_record`, which also fills ``*_org`` and ``*_country``.
     ``geoip`` ``None`` means no GeoIP; ``registry`` ``None`` means organisations
-    only from the ASN database. ``clock`` drives cache expiry; ``yield_`` is what
-    the GeoIP stage calls between addresses (default ``time.sleep(0)``).
+    only from the ASN database. ``clock`` drives cache expiry; ``work_clock``
+    measures the GeoIP stage's batches and ``cpu_clock`` (per thread) the registry
+    workers' CPU time against their duty (see the module docstring).
     """
 
     def __init__(
@@ -176,11 +219,19 @@ class ExternalResolver:
         registry_queue_size: int = 1024,
         workers: int = 4,
         private_cache_size: int = 65_536,
-        yield_: Callable[[], None] = lambda: time.sleep(0),
+        geoip_duty: float = 0.05,
+        registry_duty: float = 0.05,
+        interval: float = 0.05,
+        work_clock: Callable[[], float] = time.perf_counter,
+        cpu_clock: Callable[[], float] = time.thread_time,
         start: bool = True,
     ) -> None:
         if min(cache_size, negative_cache_size, queue_size, registry_queue_size, workers) < 1:
             raise ValueError("cache sizes, queue sizes and workers must be at least 1")
+        if not (0.0 < geoip_duty <= 1.0 and 0.0 < registry_duty <= 1.0):
+            raise ValueError("geoip_duty and registry_duty must be in (0, 1]")
+        if interval <= 0.0:
+            raise ValueError("interval must be positive")
         self.geoip = geoip
         self.registry = registry
         self.classifier = classifier if classifier is not None else AddressClassifier()
@@ -196,21 +247,37 @@ class ExternalResolver:
         #: addresses known to be private (static facts), cleared when full
         self.private: dict[str, bool] = {}
         self.private_cache_size = private_cache_size
-        #: addresses queued or being looked up (at most both queue sizes + workers)
-        self.pending: set[str] = set()
         self.counts = LookupCounts()
+        #: the GeoIP stage works at most this fraction of the time, in batches of at
+        #: most ``geoip_duty * interval`` seconds, polling the hand-off every ``interval``
+        self.geoip_duty = geoip_duty
+        self.interval = interval
+        #: the registry workers together use at most this fraction of one core
+        self.registry_duty = registry_duty
+        self._work_clock = work_clock
+        self._cpu_clock = cpu_clock
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        #: the hand-off: appended by callers (no lock), drained by the GeoIP stage
         self._queue: collections.deque[str] = collections.deque()
-        self._wake = threading.Event()
+        #: addresses taken off the hand-off and not finished (GeoIP batch, registry)
+        self._in_flight: set[str] = set()
+        self._batch_running = False
         self._registry_queue: queue.Queue[tuple[str, ExternalInfo] | None] = queue.Queue(
             registry_queue_size
         )
-        self._yield = yield_
         self._stop = False
+        self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         if start:
             self.start()
+
+    @property
+    def pending(self) -> set[str]:
+        """Addresses handed off or being looked up (a copy; at most both queue sizes
+        plus the workers plus one)."""
+        with self._lock:
+            return set(self._queue) | self._in_flight
 
     # ------------------------------------------------------------ caller side
     def info(self, ip: str) -> ExternalInfo | None:
@@ -237,34 +304,43 @@ class ExternalResolver:
         name and workload (unless that is empty or ``unknown``) and gets
         ``org``/``country`` filled in.
         """
+        # flat and duplicated for both ends: this runs for every record
+        known = self.known
+        is_named = self.classifier.is_named
         kind = rec.dst_kind
-        if kind == "" or kind == "unknown" or kind == "external":
-            entry = self._entry(rec.dst) if kind != "external" else self._entry_any(rec.dst)
-            if entry is not None:
-                ident, info = entry
-                if kind != "external":
+        if kind == "" or kind == "unknown":
+            ip = rec.dst
+            if is_named is None or not is_named(ip):
+                entry = known.get(ip)
+                if entry is None and ip not in self.private:
+                    entry = self._miss(ip)
+                if entry is not None:
+                    _, _, rec.dst_name, rec.dst_workload, rec.dst_org, rec.dst_country = entry
                     rec.dst_kind = "external"
-                    rec.dst_name = ident.name
                     rec.dst_namespace = ""
-                    rec.dst_workload = ident.workload
-                elif rec.dst_workload in ("", UNKNOWN_ORG):
-                    rec.dst_workload = ident.workload
-                rec.dst_org = info.org
-                rec.dst_country = info.country
-        kind = rec.src_kind
-        if kind == "" or kind == "unknown" or kind == "external":
-            entry = self._entry(rec.src) if kind != "external" else self._entry_any(rec.src)
+        elif kind == "external":
+            entry = self._entry_any(rec.dst)
             if entry is not None:
-                ident, info = entry
-                if kind != "external":
+                _, _, _, workload, rec.dst_org, rec.dst_country = entry
+                if rec.dst_workload in ("", UNKNOWN_ORG):
+                    rec.dst_workload = workload
+        kind = rec.src_kind
+        if kind == "" or kind == "unknown":
+            ip = rec.src
+            if is_named is None or not is_named(ip):
+                entry = known.get(ip)
+                if entry is None and ip not in self.private:
+                    entry = self._miss(ip)
+                if entry is not None:
+                    _, _, rec.src_name, rec.src_workload, rec.src_org, rec.src_country = entry
                     rec.src_kind = "external"
-                    rec.src_name = ident.name
                     rec.src_namespace = ""
-                    rec.src_workload = ident.workload
-                elif rec.src_workload in ("", UNKNOWN_ORG):
-                    rec.src_workload = ident.workload
-                rec.src_org = info.org
-                rec.src_country = info.country
+        elif kind == "external":
+            entry = self._entry_any(rec.src)
+            if entry is not None:
+                _, _, _, workload, rec.src_org, rec.src_country = entry
+                if rec.src_workload in ("", UNKNOWN_ORG):
+                    rec.src_workload = workload
 
     def _entry(self, ip: str) -> _Entry | None:
         is_named = self.classifier.is_named
@@ -287,30 +363,23 @@ class ExternalResolver:
         return self._miss(ip)
 
     def _miss(self, ip: str) -> _Entry | None:
-        """First sight of ``ip`` (or its entry expired): classify, then queue it."""
+        """First sight of ``ip`` (or its entry expired): classify, then hand it off.
+
+        No lock: the GIL makes each dict write and deque append atomic, and only
+        this path adds to :attr:`known` what is not there yet.
+        """
         if is_private(ip):
             private = self.private
             if len(private) >= self.private_cache_size:
                 private.clear()
             private[ip] = True
             return None
-        with self._lock:
-            entry = self.known.get(ip)
-            if entry is not None:
-                return entry
-            if ip in self.pending:
-                return _PENDING_ENTRY
-            if len(self._queue) >= self.queue_size:
-                dropped = True
-            else:
-                dropped = False
-                self.pending.add(ip)
-                self.known[ip] = _PENDING_ENTRY
-                self._queue.append(ip)
-        if dropped:
-            self.counts.add("queue", "dropped")
-        elif not self._wake.is_set():
-            self._wake.set()
+        handoff = self._queue
+        if len(handoff) >= self.queue_size:
+            self.counts.handoff_dropped += 1
+            return _PENDING_ENTRY
+        self.known[ip] = _PENDING_ENTRY
+        handoff.append(ip)
         return _PENDING_ENTRY
 
     # -------------------------------------------------------------- workers
@@ -319,6 +388,7 @@ class ExternalResolver:
         if self._threads:
             return
         self._stop = False
+        self._stopped.clear()
         t = threading.Thread(target=self._geo_loop, name="k8spacket-geoip", daemon=True)
         self._threads.append(t)
         if self.registry is not None or self.reverse_dns is not None:
@@ -335,7 +405,7 @@ class ExternalResolver:
         """Stop the workers; threads stuck in a hung registry are left to die with the
         process (they are daemons)."""
         self._stop = True
-        self._wake.set()
+        self._stopped.set()
         for _ in range(self.workers):
             try:
                 self._registry_queue.put_nowait(None)
@@ -345,13 +415,25 @@ class ExternalResolver:
             t.join(timeout)
         self._threads = []
 
+    def _is_idle(self) -> bool:
+        return not (self._queue or self._in_flight or self._batch_running)
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is queued or in flight (for replay, tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
         with self._idle:
-            return self._idle.wait_for(lambda: not self.pending, timeout)
+            while not self._is_idle():
+                left = deadline - time.monotonic()
+                if left <= 0.0:
+                    return False
+                # re-check at least every interval: callers append without the lock
+                self._idle.wait(min(left, self.interval))
+            return True
 
     def _store(self, ip: str, info: ExternalInfo, *, done: bool) -> None:
-        entry = (Identity(info.hostname, "", info.org or UNKNOWN_ORG, "external"), info)
+        workload = info.org or UNKNOWN_ORG
+        ident = Identity(info.hostname, "", workload, "external")
+        entry: _Entry = (ident, info, info.hostname, workload, info.org, info.country)
         with self._lock:
             if info.org:
                 self.negative_cache.pop(ip, None)
@@ -361,26 +443,52 @@ class ExternalResolver:
                 self.negative_cache[ip] = entry
             self.known[ip] = entry
             if done:
-                self.pending.discard(ip)
-                if not self.pending:
+                self._in_flight.discard(ip)
+                if self._is_idle():
                     self._idle.notify_all()
 
     def expire(self) -> None:
-        """Drop aged entries now (the GeoIP thread does it every ``sweep`` seconds)."""
+        """Drop aged entries now (the GeoIP stage does it on every batch)."""
         with self._lock:
             self.cache.expire()
             self.negative_cache.expire()
 
-    def _geo_loop(self) -> None:
-        q = self._queue
-        while not self._stop:
-            self._wake.wait(0.5)
-            self._wake.clear()
+    def geoip_batch(self) -> float:
+        """One batch of the GeoIP stage; returns the seconds to pause before the next.
+
+        Expires aged entries, then looks up handed-off addresses in order until the
+        hand-off is empty or ``geoip_duty * interval`` seconds of ``work_clock`` are
+        spent; what is left waits for the next batch (new addresses that find the
+        hand-off full meanwhile are counted drops). The pause is at least what is
+        left of ``interval`` and long enough that work stays within ``geoip_duty``.
+        """
+        clock = self._work_clock
+        t0 = clock()
+        with self._lock:
+            self._batch_running = True
+        try:
             self.expire()
+            q = self._queue
+            budget_end = t0 + self.geoip_duty * self.interval
+            in_flight = self._in_flight
             while q and not self._stop:
                 ip = q.popleft()
-                self._geo_one(ip)
-                self._yield()
+                if ip not in in_flight:  # else handed off twice (two callers, or the
+                    self._geo_one(ip)  # negative cache evicted it while at a registry)
+                if clock() >= budget_end:
+                    break
+        finally:
+            with self._lock:
+                self._batch_running = False
+                if self._is_idle():
+                    self._idle.notify_all()
+        spent = clock() - t0
+        return max(self.interval - spent, duty_pause(spent, spent, self.geoip_duty))
+
+    def _geo_loop(self) -> None:
+        pause = 0.0
+        while not self._stopped.wait(pause):
+            pause = self.geoip_batch()
 
     def _geo_one(self, ip: str) -> None:
         geo: GeoAnswer | None = None
@@ -401,26 +509,34 @@ class ExternalResolver:
         if not slow:
             self._store(ip, info, done=True)
             return
+        with self._lock:
+            self._in_flight.add(ip)
         try:
             self._registry_queue.put_nowait((ip, info))
         except queue.Full:
             self.counts.add("registry_queue", "dropped")
             self._store(ip, info, done=True)
             return
-        # the country shows while the registries are asked; still pending
+        # the country shows while the registries are asked; still in flight
         self._store(ip, info, done=False)
 
     def _registry_loop(self) -> None:
         q = self._registry_queue
+        cpu, wall = self._cpu_clock, time.monotonic
+        share = self.registry_duty / self.workers  # this worker's part of the budget
         while True:
             item = q.get()
             if item is None or self._stop:
                 return
             ip, info = item
+            c0, w0 = cpu(), wall()
             try:
                 info = self._registry_one(ip, info)
             finally:
                 self._store(ip, info, done=True)
+            pause = duty_pause(cpu() - c0, wall() - w0, share)
+            if pause > 0.0 and self._stopped.wait(pause):
+                return
 
     def _registry_one(self, ip: str, info: ExternalInfo) -> ExternalInfo:
         if self.registry is not None and not info.org:
