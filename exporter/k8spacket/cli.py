@@ -106,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--no-summary", action="store_true", help="do not print the summary line")
 
+    run = sub.add_parser(
+        "run",
+        help="the node agent: capture, connection records, metrics and the HTTP API",
+        description="Capture TCP on the pods' interfaces and serve metrics and records. "
+        "Settings: --config file, then K8S_PACKET_* environment, then flags.",
+    )
+    run.add_argument("--config", metavar="FILE", help="YAML settings (ours or the seed's)")
+    run.add_argument("--listen", metavar="HOST:PORT", help="HTTP address (default 0.0.0.0:6676)")
+    run.add_argument("--inventory", metavar="FILE", help="YAML inventory naming addresses")
+    run.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="PATH=VALUE",
+        help="override one setting by its YAML path, e.g. capture.ringSize=16MiB",
+    )  # fmt: skip
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -116,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "replay":
             return cmd_replay(args)
+        if args.command == "run":
+            return cmd_run(args)
         if args.command == "version":
             print(f"k8spacket {__version__}")
             return 0
@@ -131,6 +148,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the reader of our output went away (e.g. `| head`): not an error
         sys.stderr.close()
         return 0
+
+
+# ------------------------------------------------------------------------ run
+def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import signal
+
+    from k8spacket.agent import Agent
+    from k8spacket.config import ConfigError, load_settings
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = load_settings(
+            args.config, os.environ, listen=args.listen, inventory=args.inventory, sets=args.sets
+        )
+        agent = Agent(settings)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"cannot listen on {args.listen or 'the configured port'}: {e}") from None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.stop())
+    agent.run()
+    return 0
 
 
 # ---------------------------------------------------------------------- replay

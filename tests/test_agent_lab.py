@@ -1,0 +1,229 @@
+"""The node agent in the network lab: real pods, real kernel TCP, records and metrics.
+
+The agent runs as ``python -m k8spacket.cli run`` inside the lab's node
+namespace (as a DaemonSet pod with hostNetwork would); the test reads its HTTP
+API from inside that namespace and compares what it reports with what the TCP
+clients and servers did, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from netlab import NetLab, Node, Pod, tcptool_argv
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+FETCH = (
+    "import sys, urllib.request, urllib.error\n"
+    "try:\n"
+    "    r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); "
+    "sys.stdout.write(r.read().decode())\n"
+    "except urllib.error.HTTPError as e:\n"
+    "    print(e.code); sys.stdout.write(e.read().decode())\n"
+)
+
+
+class AgentProc:
+    """A running agent in a lab node, and its HTTP API."""
+
+    def __init__(self, lab: NetLab, node: Node, config: Path) -> None:
+        self.lab = lab
+        self.node = node
+        self.log = config.with_suffix(".log")
+        self._log = self.log.open("wb")
+        argv = [sys.executable, "-m", "k8spacket.cli", "run", "--config", str(config),
+                "--listen", "127.0.0.1:6676"]  # fmt: skip
+        self.proc = lab.popen_in(node, argv, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def get(self, path: str) -> tuple[int, str]:
+        r = self.lab.run_in(self.node, [sys.executable, "-c", FETCH, f"http://127.0.0.1:6676{path}"],
+                            check=False)  # fmt: skip
+        if r.returncode != 0:
+            return 0, r.stderr
+        status, _, body = r.stdout.partition("\n")
+        return int(status), body
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        out = {}
+        for fam in text_string_to_metric_families(body):
+            for s in fam.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def metric_sum(self, name: str, **labels: str) -> float:
+        return sum(
+            v
+            for (n, ls), v in self.metrics().items()
+            if n == name and all(dict(ls).get(k) == val for k, val in labels.items())
+        )
+
+    def records(self) -> list[dict[str, Any]]:
+        status, body = self.get("/nodegraph/connections")
+        assert status == 200, body
+        return json.loads(body)  # type: ignore[no-any-return]
+
+    def wait(self, what: str, cond: Any, timeout: float = 20) -> float:
+        """Poll ``cond()`` until true; returns the seconds it took (never asserted on)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            assert self.proc.poll() is None, f"agent exited:\n{self.log.read_text()}"
+            if cond():
+                return time.monotonic() - t0
+            time.sleep(0.1)
+        pytest.fail(f"timed out waiting for {what}\n{self.log.read_text()[-3000:]}")
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            self._log.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+
+_agents: list[AgentProc] = []
+
+
+@pytest.fixture
+def lab() -> Iterator[NetLab]:
+    with NetLab() as lab:
+        try:
+            yield lab
+        finally:
+            while _agents:
+                _agents.pop().close()
+
+
+def start_agent(lab: NetLab, tmp_path: Path, extra: str = "") -> AgentProc:
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "capture:\n"
+        "  interfaces:\n"
+        f"    exclude: ['{lab.uplink_regex}']\n"
+        "    refreshPeriod: 2s\n"
+        "tracker:\n"
+        "  flushPeriod: 1s\n"
+        "  closeOlderThan: 4s\n" + extra
+    )
+    agent = AgentProc(lab, lab.nodes["n1"], config)
+    _agents.append(agent)
+    agent.wait("readiness", lambda: agent.get("/readyz")[0] == 200)
+    return agent
+
+
+def connect(lab: NetLab, pod: Pod, *args: str) -> list[dict[str, Any]]:
+    r = lab.run_in(pod, tcptool_argv("connect", *args))
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def by_connection(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    out: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        out[(r["src"], r["src_port"], r["dst"], r["dst_port"])].append(r)
+    return out
+
+
+def test_agent_reports_exactly_what_pods_did(lab: NetLab, tmp_path: Path) -> None:
+    a = lab.add_pod("a", "10.213.1.2/24")
+    b = lab.add_pod("b", "10.213.1.3/24")
+    c = lab.add_pod("c", "10.213.2.2/24", node="n2")
+    lab.popen_in(b, tcptool_argv("serve", "--port", "8080", "--reply", "1000"))
+    lab.popen_in(b, tcptool_argv("serve", "--port", "8081", "--reply", "400",
+                                 "--reply-after", "300"))  # fmt: skip
+    lab.popen_in(c, tcptool_argv("serve", "--port", "9090", "--reply", "7"))
+    for pod, port in ((b, 8080), (b, 8081), (c, 9090)):
+        lab.wait_listening(pod, port)
+    agent = start_agent(lab, tmp_path)
+    agent.wait("two pod interfaces", lambda: agent.metric_sum("k8spacket_capture_interfaces") == 2)
+
+    # (src ip, result, expected outcome, expected close, expected reporter)
+    done: list[tuple[str, str, dict[str, Any], str, str, str]] = []
+    for res in connect(lab, a, "10.213.1.3", "8080", "--send", "500", "--count", "3"):
+        done.append(("10.213.1.2", "10.213.1.3", res, "established", "fin", "client"))
+    for res in connect(lab, a, "10.213.2.2", "9090", "--send", "3"):
+        done.append(("10.213.1.2", "10.213.2.2", res, "established", "fin", "client"))
+    for res in connect(lab, c, "10.213.1.3", "8080", "--send", "11"):
+        done.append(("10.213.2.2", "10.213.1.3", res, "established", "fin", "server"))
+    for res in connect(lab, a, "10.213.1.3", "8081", "--send", "300", "--rst", "--expect", "400"):
+        done.append(("10.213.1.2", "10.213.1.3", res, "established", "rst", "client"))
+    for res in connect(lab, a, "10.213.1.3", "8080", "--send", "2000", "--hold", "2.5"):
+        done.append(("10.213.1.2", "10.213.1.3", res, "established", "fin", "client"))
+    refused_before = len(done)
+    connect(lab, a, "10.213.1.3", "1")  # refused: its port is only known from the records
+    assert all(d[2]["error"] is None for d in done)
+
+    def all_final() -> bool:
+        conns = by_connection(agent.records())
+        finals = sum(1 for recs in conns.values() for r in recs if r["close"] is not None)
+        return finals == refused_before + 1
+
+    agent.wait("final records", all_final)
+    records = agent.records()
+    conns = by_connection(records)
+    # exactly one connection per client connection, plus the refused one: nothing twice
+    assert len(conns) == refused_before + 1, json.dumps(records, indent=1)
+    for src, dst, res, outcome, close, reporter in done:
+        dport = {"10.213.2.2": 9090}.get(dst, 8081 if close == "rst" else 8080)
+        recs = conns[(src, res["local_port"], dst, dport)]
+        assert sum(r["bytes_sent"] for r in recs) == res["sent"], recs
+        assert sum(r["bytes_received"] for r in recs) == res["received"], recs
+        finals = [r for r in recs if r["close"] is not None]
+        assert [(r["outcome"], r["close"]) for r in finals] == [(outcome, close)], recs
+        assert sum(r["first"] for r in recs) == 1
+        assert {r["reporter"] for r in recs} == {reporter}, recs
+    held = [recs for recs in conns.values() if sum(r["bytes_sent"] for r in recs) == 2000]
+    assert len(held) == 1 and len(held[0]) >= 2, "the long-lived connection had interim records"
+    (refused,) = [recs for k, recs in conns.items() if k[3] == 1]
+    assert [(r["outcome"], r["close"], r["reporter"]) for r in refused] == [
+        ("refused", "rst", "client")
+    ]
+
+    # metrics say the same
+    sent = sum(d[2]["sent"] for d in done)
+    received = sum(d[2]["received"] for d in done)
+    assert agent.metric_sum("k8spacket_tcp_sent_bytes_total") == sent
+    assert agent.metric_sum("k8spacket_tcp_received_bytes_total") == received
+    assert agent.metric_sum("k8spacket_tcp_connections_total") == len(done) + 1
+    assert agent.metric_sum("k8spacket_tcp_connections_total", outcome="refused") == 1
+    assert agent.metric_sum("k8spacket_tcp_connections_closed_total", close="rst") == 2
+    assert agent.metric_sum("k8spacket_capture_drops_total") == 0
+    # pod-to-pod packets were seen on both veths and counted from one
+    assert agent.metric_sum("k8spacket_capture_not_owner_total") > 0
+    assert agent.terminate() == 0
+
+
+def test_open_connection_is_flushed_on_sigterm(lab: NetLab, tmp_path: Path) -> None:
+    a = lab.add_pod("a", "10.213.1.2/24")
+    b = lab.add_pod("b", "10.213.1.3/24")
+    lab.popen_in(b, tcptool_argv("serve", "--port", "8080", "--reply", "5"))
+    lab.wait_listening(b, 8080)
+    out = tmp_path / "records.jsonl"
+    agent = start_agent(lab, tmp_path, "http:\n  connectionStore: 100\n")
+    agent.wait("two pod interfaces", lambda: agent.metric_sum("k8spacket_capture_interfaces") == 2)
+    client = lab.popen_in(a, tcptool_argv("connect", "10.213.1.3", "8080", "--send", "40000",
+                                          "--hold", "30"))  # fmt: skip
+    agent.wait("bytes flowing", lambda: agent.metric_sum("k8spacket_tcp_sent_bytes_total") > 0)
+    assert agent.terminate() == 0
+    log = agent.log.read_text()
+    assert "stopped: 1 connections" in log, log
+    client.kill()
+    out.write_text(log)
