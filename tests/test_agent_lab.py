@@ -227,3 +227,48 @@ def test_open_connection_is_flushed_on_sigterm(lab: NetLab, tmp_path: Path) -> N
     assert "stopped: 1 connections" in log, log
     client.kill()
     out.write_text(log)
+
+
+def test_interfaces_come_and_go_without_harm(lab: NetLab, tmp_path: Path) -> None:
+    node = lab.nodes["n1"]
+    a = lab.add_pod("a", "10.213.1.2/24")
+    b = lab.add_pod("b", "10.213.1.3/24")
+    lab.popen_in(b, tcptool_argv("serve", "--port", "8080", "--reply", "9"))
+    lab.wait_listening(b, 8080)
+    agent = start_agent(lab, tmp_path)
+    ifaces = lambda: agent.metric_sum("k8spacket_capture_interfaces")  # noqa: E731
+    skipped = lambda reason: agent.metric_sum(  # noqa: E731
+        "k8spacket_capture_interfaces_skipped", reason=reason
+    )
+    agent.wait("two pod interfaces", lambda: ifaces() == 2)
+    # a tunl0 and a DOWN veth whose peers are in pod namespaces: skipped, never fatal
+    lab.add_pod("t", "10.213.1.9/24", up=False)  # host side left DOWN
+    lab.ip("link", "add", "tunl0", "type", "veth", "peer", "name", "eth1", "netns",
+           lab.pods["t"].netns, netns=node.netns)  # fmt: skip
+    lab.ip("link", "set", "tunl0", "up", netns=node.netns)
+    agent.wait("a skipped DOWN interface", lambda: skipped("down") == 1)
+    agent.wait("a skipped tunl0", lambda: skipped("ignored_name") == 1)
+    # a new pod is captured (the seconds it took are printed, not asserted)
+    c = lab.add_pod("c", "10.213.1.4/24")
+    took = agent.wait("the new pod's interface", lambda: ifaces() == 3)
+    print(f"new interface captured after {took:.2f}s (including the metrics round trip)")
+    (res,) = connect(lab, c, "10.213.1.3", "8080", "--send", "21")
+    agent.wait(
+        "the new pod's connection",
+        lambda: any(r["src"] == "10.213.1.4" and r["close"] for r in agent.records()),
+    )
+    # pods deleted mid-capture (one with a connection open): the agent carries on
+    hold = lab.popen_in(a, tcptool_argv("connect", "10.213.1.3", "8080", "--send", "100000",
+                                        "--hold", "20"))  # fmt: skip
+    agent.wait("bytes flowing", lambda: any(r["src"] == "10.213.1.2" for r in agent.records()))
+    lab.remove_pod(a)
+    lab.remove_pod(c)
+    agent.wait("interfaces removed", lambda: ifaces() == 1)
+    hold.kill()
+    (res,) = connect(lab, lab.add_pod("d", "10.213.1.5/24"), "10.213.1.3", "8080", "--send", "5")
+    agent.wait(
+        "a later pod's connection",
+        lambda: any(r["src"] == "10.213.1.5" and r["close"] for r in agent.records()),
+    )
+    assert agent.metric_sum("k8spacket_capture_drops_total") == 0
+    assert agent.terminate() == 0

@@ -1,0 +1,124 @@
+"""Settings: defaults, the seed's Helm values, our tree, environment, flags, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from k8spacket.config import ConfigError, Settings, load_settings
+
+SEED = Path("/work/shared/seed/k8spacket-values.yaml")
+REPO_SEED = Path(__file__).parent / "data" / "seed-values.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert (s.http.host, s.http.port, s.listen) == ("0.0.0.0", 6676, "0.0.0.0:6676")
+    assert (s.tracker.flush_period, s.tracker.close_older_than) == (10.0, 20.0)
+    assert s.metrics.hide_source_port is True
+    assert s.capture.snap_length == 96
+
+
+def test_the_seed_values_file_is_accepted(tmp_path: Path) -> None:
+    seed = SEED if SEED.exists() else REPO_SEED
+    if not seed.exists():
+        pytest.skip("seed values file not available")
+    s = load_settings(seed)
+    assert s.http.port == 6676
+    assert s.capture.interfaces.command.startswith("ip address")
+    assert s.capture.interfaces.refresh_period == 10.0
+    assert (s.tracker.flush_period, s.tracker.close_older_than) == (10.0, 20.0)
+    assert s.enrichment.geoip_db_path == "/home/k8spacket/GeoLite2-City.mmdb"
+    assert s.enrichment.whois_regexp == r"(?:OrgName:|org-name:)\s*(.*)"
+
+
+def test_order_file_then_env_then_flags(tmp_path: Path) -> None:
+    f = write(tmp_path, "k8sPacket:\n  tcp:\n    listener:\n      port: 7000\n"
+              "tracker:\n  flushPeriod: 3s\n")  # fmt: skip
+    s = load_settings(f, {})
+    assert (s.http.port, s.tracker.flush_period) == (7000, 3.0)
+    env = {
+        "K8S_PACKET_TCP_LISTENER_PORT": "7001",
+        "K8S_PACKET_TCP_ASSEMBLER_FLUSHING_PERIOD_DURATION": "4s",
+        "K8S_PACKET_TCP_ASSEMBLER_FLUSHING_CLOSE_OLDER_THAN_DURATION": "1m",
+        "K8S_PACKET_HIDE_SRC_PORT": "false",
+        "K8S_PACKET_TCP_LISTENER_INTERFACES_COMMAND": "echo veth1",
+        "K8S_PACKET_TCP_LISTENER_INTERFACES_REFRESH_PERIOD": "5s",
+        "K8S_PACKET_REVERSE_GEOIP2_DB_PATH": "/x.mmdb",
+        "K8S_PACKET_REVERSE_WHOIS_REGEXP": "org: (.*)",
+    }
+    s = load_settings(f, env)
+    assert (s.http.port, s.tracker.flush_period, s.tracker.close_older_than) == (7001, 4.0, 60.0)
+    assert s.metrics.hide_source_port is False
+    assert s.capture.interfaces.command == "echo veth1"
+    assert s.capture.interfaces.refresh_period == 5.0
+    assert (s.enrichment.geoip_db_path, s.enrichment.whois_regexp) == ("/x.mmdb", "org: (.*)")
+    s = load_settings(f, env, listen="127.0.0.1:7002", sets=["capture.ringSize=16MiB"])
+    assert (s.http.host, s.http.port, s.capture.ring_size) == ("127.0.0.1", 7002, 16 << 20)
+
+
+def test_every_section_has_settings() -> None:
+    s = Settings()
+    for section in ("capture", "tracker", "metrics", "enrichment", "kubernetes", "http"):
+        assert getattr(s, section) is not None
+    assert s.inventory == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "flags", "message"),
+    [
+        ("tracker:\n  flushPeriod: soon\n", {}, {}, "tracker.flushPeriod: not a duration"),
+        ("tracker:\n  flushPeriod: 0s\n", {}, {}, "tracker.flushPeriod: must be positive"),
+        ("k8sPacket:\n  tcp:\n    listener:\n      port: 70000\n", {}, {},
+         "k8sPacket.tcp.listener.port: must be between 1 and 65535"),
+        ("capture:\n  ringsize: 1MiB\n", {}, {}, "capture.ringsize: unknown key"),
+        ("k8sPacket:\n  bogus: 1\n", {}, {}, "k8sPacket.bogus: unknown key"),
+        ("capture:\n  interfaces:\n    exclude: ['(']\n", {}, {}, "capture.interfaces.exclude: bad regexp"),
+        ("", {"K8S_PACKET_HIDE_SRC_PORT": "maybe"}, {}, "K8S_PACKET_HIDE_SRC_PORT: expected true or false"),
+        ("", {"K8S_PACKET_TCP_LISTENER_PORT": "http"}, {}, "K8S_PACKET_TCP_LISTENER_PORT: expected a whole number"),
+        ("", {}, {"listen": "localhost"}, "--listen: expected HOST:PORT"),
+        ("", {}, {"sets": ["nope=1"]}, "--set nope=1: expected PATH=VALUE"),
+        ("metrics:\n  labels: [src_port]\n", {}, {}, "metrics.labels: src_port needs"),
+        ("[1, 2]\n", {}, {}, "expected a mapping"),
+        ("a: [\n", {}, {}, "not valid YAML"),
+    ],
+    ids=["duration", "zero", "port", "unknown", "seed-unknown", "regexp", "env-bool", "env-port",
+         "listen", "set", "src-port", "not-mapping", "yaml"],
+)  # fmt: skip
+def test_bad_values_are_one_line_naming_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], flags: dict[str, object], message: str
+) -> None:
+    f = write(tmp_path, text) if text else None
+    with pytest.raises(ConfigError) as e:
+        load_settings(f, env, **flags)  # type: ignore[arg-type]
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_helm_chart_keys_are_ignored_but_ours_are_checked(tmp_path: Path) -> None:
+    f = write(tmp_path, "image:\n  repository: x\nk8sPacket:\n  tcp:\n    assembler:\n"
+              "      maxPagesTotal: 50\n")  # fmt: skip
+    assert load_settings(f).http.port == 6676
+
+
+def test_run_with_a_bad_value_stops_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    f = write(tmp_path, "tracker:\n  closeOlderThan: forever\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "k8spacket.cli", "run", "--config", str(f)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"k8spacket: {f}: tracker.closeOlderThan: not a duration: 'forever' "
+        "(use e.g. 10s, 1m30s, 250ms)"
+    ]
