@@ -253,6 +253,7 @@ def test_interfaces_come_and_go_without_harm(lab: NetLab, tmp_path: Path) -> Non
     took = agent.wait("the new pod's interface", lambda: ifaces() == 3)
     print(f"new interface captured after {took:.2f}s (including the metrics round trip)")
     (res,) = connect(lab, c, "10.213.1.3", "8080", "--send", "21")
+    assert res["received"] == 9
     agent.wait(
         "the new pod's connection",
         lambda: any(r["src"] == "10.213.1.4" and r["close"] for r in agent.records()),
@@ -266,6 +267,7 @@ def test_interfaces_come_and_go_without_harm(lab: NetLab, tmp_path: Path) -> Non
     agent.wait("interfaces removed", lambda: ifaces() == 1)
     hold.kill()
     (res,) = connect(lab, lab.add_pod("d", "10.213.1.5/24"), "10.213.1.3", "8080", "--send", "5")
+    assert res["received"] == 9
     agent.wait(
         "a later pod's connection",
         lambda: any(r["src"] == "10.213.1.5" and r["close"] for r in agent.records()),

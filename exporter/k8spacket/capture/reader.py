@@ -171,7 +171,7 @@ class CaptureReader:
             self.running.clear()
             for ring in list(rings.values()):
                 self._drain(ring)
-                self._close(ep, ring)
+                self._close(ep, ring, keep_stats=True)
             ep.close()
             os.close(self._wake)
             self.tracker.flush_all(self.clock())
@@ -202,10 +202,11 @@ class CaptureReader:
                     self._drain(ring)
                     self._close(ep, ring)
 
-    def _close(self, ep: select.epoll, ring: PacketRing) -> None:
+    def _close(self, ep: select.epoll, ring: PacketRing, keep_stats: bool = False) -> None:
+        """Close a ring; its counters stay visible only when ``keep_stats`` (shutdown)."""
         fd = ring.fileno()
         self._rings.pop(fd, None)
-        if self._by_name.get(ring.name) is ring:
+        if self._by_name.get(ring.name) is ring and not keep_stats:
             del self._by_name[ring.name]
         with contextlib.suppress(OSError, ValueError):
             ep.unregister(fd)
