@@ -24,6 +24,7 @@ bench: deps
 	$(PYTHON) bench/metrics_bench.py
 	$(PYTHON) bench/enrichment_bench.py
 	$(PYTHON) bench/k8s_cache.py
+	$(PYTHON) bench/live_capture.py
 
 demo: deps
 	k8spacket replay --format table --inventory exporter/k8spacket/samples/demo-inventory.yaml exporter/k8spacket/samples/demo.pcap
