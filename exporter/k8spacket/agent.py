@@ -12,7 +12,18 @@ Threads:
   known as local) when the tracker emitted the record;
 * ``interfaces``: :class:`~k8spacket.capture.interfaces.InterfaceWatcher`
   follows RTNL events and opens/closes rings;
-* ``http``: :class:`~k8spacket.server.AgentHTTPServer`.
+* ``http``: :class:`~k8spacket.server.AgentHTTPServer`;
+* ``k8s-watch-*`` (one per resource, :class:`~k8spacket.enrich.k8s.K8sCache`) and
+  ``k8s-pods``: every ``POD_SYNC_PERIOD`` the pods of the cache's index are
+  compared with the previous look: the pod addresses on this node
+  (``kubernetes.nodeName``) go to ``local.set_extra``, and the series of pods
+  that are gone are dropped (``TrafficMetrics.forget``);
+* ``k8spacket-geoip``/``k8spacket-whois-*``: the external resolver's stages.
+
+Naming (:class:`Naming`): the Kubernetes cache (when there is a cluster config
+and ``kubernetes.enabled`` is not ``false``), then the inventory file, then the
+external resolver (GeoIP, optional registries), which treats every address the
+first two name as not external. Readiness adds "Kubernetes cache synced".
 
 :meth:`Agent.run` blocks until :meth:`Agent.stop` (the CLI wires SIGTERM and
 SIGINT to it); stopping drains the rings, flushes every open connection as a
@@ -28,13 +39,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from k8spacket.capture.bpf import compile_filter
 from k8spacket.capture.interfaces import InterfaceFilter, InterfaceWatcher
 from k8spacket.capture.local import LocalAddresses
 from k8spacket.capture.reader import CaptureReader, InterfaceStats
 from k8spacket.capture.ring import PacketRing
-from k8spacket.config import ConfigError, Settings
+from k8spacket.config import SEED_GEOIP_DB_PATH, ConfigError, Settings
+from k8spacket.enrich.identity import Resolver, ResolverChain
 from k8spacket.flows.record import ConnectionRecord
 from k8spacket.flows.tracker import ConnectionTracker
 from k8spacket.metrics.capture_collector import CaptureCollector
@@ -45,9 +60,127 @@ from k8spacket.metrics.traffic import TrafficMetrics
 from k8spacket.nodegraph.store import ConnectionStore
 from k8spacket.server import AgentHTTPServer
 
+if TYPE_CHECKING:
+    from k8spacket.enrich.external import ExternalResolver
+    from k8spacket.enrich.k8s import K8sCache
+    from k8spacket.enrich.k8s_index import Key, PodInfo
+
 log = logging.getLogger(__name__)
 
 Namer = Callable[[ConnectionRecord], None]
+#: seconds between two looks at the cache's pods (local addresses, deleted pods)
+POD_SYNC_PERIOD = 0.5
+
+
+def build_k8s_cache(settings: Settings) -> K8sCache | None:
+    """The Kubernetes watch cache the settings ask for (not started), or ``None``."""
+    k = settings.kubernetes
+    if k.enabled == "false":
+        return None
+    if k.kubeconfig and not Path(k.kubeconfig.split(":")[0]).is_file():
+        raise ConfigError(f"kubernetes.kubeconfig: {k.kubeconfig!r} does not exist")
+    from k8spacket.enrich.k8s import K8sCache
+
+    cache = K8sCache.from_environment(kubeconfig=k.kubeconfig.split(":")[0])
+    if cache is None and k.enabled == "true":
+        raise ConfigError(
+            "kubernetes.enabled: true, but there is no in-cluster config and no kubeconfig"
+        )
+    return cache
+
+
+def geoip_paths(settings: Settings) -> tuple[str, str | None]:
+    """(City path, ASN path) for :class:`~k8spacket.enrich.geoip.GeoIPDatabase`.
+
+    The seed's default City path never existed in its image: when that exact path
+    is missing the packaged GeoLite2-City is used (a warning, not an error).
+    """
+    e = settings.enrichment
+    city = e.geoip_db_path
+    if city == SEED_GEOIP_DB_PATH and not Path(city).exists():
+        log.warning(
+            "k8sPacket.metrics.reverseLookup.geoipDBPath: the seed's default %s does not "
+            "exist; using the packaged GeoLite2-City (2018) instead (docs/external.md)",
+            city,
+        )
+        city = ""
+    return city, e.geoip_asn_db_path or None
+
+
+def build_external(
+    settings: Settings, is_named: Callable[[str], bool] | None
+) -> ExternalResolver | None:
+    """The external resolver the ``enrichment`` settings ask for (not started), or ``None``."""
+    e = settings.enrichment
+    if not (e.geoip_enabled or e.whois_enabled or e.reverse_dns):
+        return None
+    from k8spacket.enrich.classify import AddressClassifier
+    from k8spacket.enrich.external import ExternalResolver, reverse_dns_lookup
+    from k8spacket.enrich.geoip import GeoIPConfigError, GeoIPDatabase
+    from k8spacket.enrich.whois import RegistryClient
+
+    geoip = None
+    if e.geoip_enabled:
+        try:
+            geoip = GeoIPDatabase(*geoip_paths(settings))
+        except GeoIPConfigError as err:
+            raise ConfigError(str(err)) from None
+    return ExternalResolver(
+        geoip=geoip,
+        registry=RegistryClient(whois_regexp=e.whois_regexp) if e.whois_enabled else None,
+        classifier=AddressClassifier(is_named),
+        reverse_dns=reverse_dns_lookup if e.reverse_dns else None,
+        start=False,
+    )
+
+
+@dataclass
+class Naming:
+    """The identity sources of the agent, in the order they are asked."""
+
+    k8s: K8sCache | None = None
+    resolvers: list[Resolver] = field(default_factory=list)  # k8s cache, then inventory
+    external: ExternalResolver | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, k8s: K8sCache | str | None = "auto") -> Naming:
+        """Build every source the settings ask for; ``k8s`` overrides the cache (tests)."""
+        cache = build_k8s_cache(settings) if isinstance(k8s, str) else k8s
+        resolvers: list[Resolver] = [cache] if cache is not None else []
+        if settings.inventory:
+            from k8spacket.enrich.inventory import Inventory, InventoryError
+
+            try:
+                resolvers.append(Inventory.load(settings.inventory))
+            except InventoryError as err:
+                raise ConfigError(str(err)) from None
+        is_named = None
+        if resolvers:
+            chain = ResolverChain(resolvers)
+            is_named = lambda ip: chain.lookup(ip) is not None  # noqa: E731
+        return cls(cache, resolvers, build_external(settings, is_named))
+
+    def namers(self) -> list[Namer]:
+        out: list[Namer] = []
+        if self.resolvers:
+            out.append(ResolverChain(self.resolvers).name_record)
+        if self.external is not None:
+            out.append(self.external.name_record)
+        return out
+
+    def start(self) -> None:
+        if self.k8s is not None:
+            self.k8s.start()
+        if self.external is not None:
+            self.external.start()
+
+    def stop(self) -> None:
+        if self.k8s is not None:
+            self.k8s.stop()
+        if self.external is not None:
+            self.external.close()
+            if self.external.geoip is not None:
+                self.external.geoip.close()
 
 
 class Agent:
@@ -59,9 +192,9 @@ class Agent:
         *,
         namers: list[Namer] | None = None,
         clock: Callable[[], float] = time.time,
+        k8s: K8sCache | str | None = "auto",
     ) -> None:
         self.settings = settings
-        self.namers = list(namers or [])
         self.ready_checks: list[Callable[[], bool]] = []
         s = settings
         try:
@@ -77,13 +210,13 @@ class Agent:
             self.program = compile_filter(s.capture.filter, s.capture.snap_length)
         except ValueError as e:
             raise ConfigError(f"capture.filter: {e}") from None
-        if s.inventory:
-            from k8spacket.enrich.inventory import Inventory, InventoryError
-
-            try:
-                self.namers.append(Inventory.load(s.inventory).name_record)
-            except InventoryError as e:
-                raise ConfigError(str(e)) from None
+        self.naming = Naming.from_settings(s, k8s)
+        self.namers = self.naming.namers() + list(namers or [])
+        if self.naming.k8s is not None:
+            self.ready_checks.append(self.naming.k8s.ready)
+        self.node_name = s.kubernetes.node_name
+        self._pods: dict[Key, PodInfo] = {}  # the cache's pods at the last look
+        self._pods_mark: tuple[int, ...] = ()
         self.store = ConnectionStore(s.http.connection_store)
         self.local = LocalAddresses()
         self.tracker = ConnectionTracker(
@@ -112,7 +245,11 @@ class Agent:
             capture_packets=lambda: {n: st.packets for n, st in self._istats().items()},
             capture_drops=lambda: {n: st.drops for n, st in self._istats().items()},
             capture_interfaces=lambda: len(self.reader.interfaces),
-            decode_errors=self.reader.decode_errors,
+            decode_errors=self._decode_errors,
+            enrichment_lookups=(
+                self.naming.external.counts.snapshot if self.naming.external else None
+            ),
+            k8s_watch_events=self.naming.k8s.watch_events_total if self.naming.k8s else None,
         ).with_tracker(self.tracker)
         self.registry = build_registry(self.traffic, sources)
         self.registry.register(
@@ -130,6 +267,42 @@ class Agent:
     # ------------------------------------------------------------- plumbing
     def _istats(self) -> dict[str, InterfaceStats]:
         return self.reader.interface_stats()
+
+    def _decode_errors(self) -> dict[str, int]:
+        """The decoder's skip counts plus the tracker's ignored packets (``stray_rst``,
+        ``after_close``) as further ``reason`` values."""
+        return {**self.reader.decode_errors(), **self.tracker.ignored}
+
+    def sync_pods(self) -> None:
+        """One look at the cache's pods: local addresses, series of deleted pods."""
+        cache = self.naming.k8s
+        if cache is None:
+            return
+        stats = cache.stats()
+        mark = (sum(cache.watch_events_total().values()), *(s["lists"] for s in stats.values()))
+        if mark == self._pods_mark:
+            return
+        self._pods_mark = mark
+        with cache.index.lock:
+            pods = cast("dict[Key, PodInfo]", dict(cache.index.objects["pods"]))
+        if self.node_name:
+            self.local.set_extra(
+                ip
+                for p in pods.values()
+                if p.node == self.node_name and not p.host_network
+                for ip in p.ips
+            )
+        claimed = {ip for p in pods.values() for ip in p.ips}
+        for key, old in self._pods.items():
+            if key not in pods:
+                gone = [ip for ip in old.ips if ip not in claimed]
+                n = self.traffic.forget(old.namespace, old.name, ips=gone)
+                log.debug("pod %s/%s deleted: %d label sets dropped", old.namespace, old.name, n)
+        self._pods = pods
+
+    def _pod_loop(self) -> None:
+        while not self._stop.wait(POD_SYNC_PERIOD):
+            self.sync_pods()
 
     def _open_ring(self, name: str) -> PacketRing:
         c = self.settings.capture
@@ -170,7 +343,19 @@ class Agent:
     def start(self) -> None:
         self.server.start()
         log.info("listening on http://%s:%d", self.settings.http.host, self.server.port)
-        for name, target in (("capture", self.reader.run), ("interfaces", self.watcher.run)):
+        self.naming.start()
+        threads: list[tuple[str, Callable[[], None]]] = [
+            ("capture", self.reader.run),
+            ("interfaces", self.watcher.run),
+        ]
+        if self.naming.k8s is not None:
+            if not self.node_name:
+                log.warning(
+                    "kubernetes.nodeName (NODE_NAME) is not set: this node's pods are "
+                    "known from their traffic only"
+                )
+            threads.append(("k8s-pods", self._pod_loop))
+        for name, target in threads:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -190,6 +375,7 @@ class Agent:
             self.shutdown()
 
     def shutdown(self) -> None:
+        self._stop.set()
         self.watcher.stop()
         self.reader.stop()
         for t in self._threads:
@@ -197,6 +383,7 @@ class Agent:
         while self._pending:
             self._publish(self._pending.popleft()[1])
         self.server.stop()
+        self.naming.stop()
         log.info(
             "stopped: %d connections, %d records", self.tracker.connections, self.tracker.records
         )

@@ -71,11 +71,19 @@ class MetricsSettings:
     series_ttl: float = 600.0
 
 
+#: The seed chart's default ``geoipDBPath``; the seed never shipped that file, so when
+#: it is missing the agent falls back to the packaged GeoLite2-City (with a warning).
+SEED_GEOIP_DB_PATH = "/home/k8spacket/GeoLite2-City.mmdb"
+
+
 @dataclass
 class EnrichmentSettings:
-    geoip_db_path: str = ""
+    geoip_enabled: bool = True
+    geoip_db_path: str = ""  # empty: the packaged GeoLite2-City
+    geoip_asn_db_path: str = ""  # empty: GeoLite2-ASN.mmdb beside the City file, if there
     whois_enabled: bool = False
     whois_regexp: str = r"(?:OrgName:|org-name:)\s*(.*)"
+    reverse_dns: bool = False
 
 
 @dataclass
@@ -283,7 +291,15 @@ FIELDS: tuple[FieldSpec, ...] = (
         "metrics.reverseLookup.geoipDBPath",
         ("K8S_PACKET_REVERSE_GEOIP2_DB_PATH",),
     ),
+    FieldSpec(
+        "enrichment.geoip_asn_db_path",
+        "enrichment.geoip.asnDBPath",
+        _text,
+        "metrics.reverseLookup.geoipASNDBPath",
+    ),
+    FieldSpec("enrichment.geoip_enabled", "enrichment.geoip.enabled", _bool),
     FieldSpec("enrichment.whois_enabled", "enrichment.whois.enabled", _bool),
+    FieldSpec("enrichment.reverse_dns", "enrichment.reverseDNS.enabled", _bool),
     FieldSpec(
         "enrichment.whois_regexp",
         "enrichment.whois.regexp",
@@ -297,7 +313,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "kubernetes.node_name",
         "kubernetes.nodeName",
         _text,
-        env=("K8S_PACKET_NODE_NAME", "NODE_NAME"),
+        env=("K8S_PACKET_NODE_NAME", "NODE_NAME", "K8S_NODE_NAME"),
     ),
     FieldSpec("inventory", "inventory.path", _text, env=("K8S_PACKET_INVENTORY",)),
     FieldSpec("http.host", "http.host", _host),

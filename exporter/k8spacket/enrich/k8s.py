@@ -72,10 +72,12 @@ class ResourceExpired(Exception):
     """410 Gone: the resourceVersion (or continue token) is too old; relist."""
 
 
-def load_api_client() -> k8s_client.ApiClient | None:
+def load_api_client(kubeconfig: str = "") -> k8s_client.ApiClient | None:
     """An API client from the in-cluster service account or a kubeconfig; ``None`` if neither.
 
-    Does not touch the client's global default configuration.
+    ``kubeconfig`` (a path; the agent's ``kubernetes.kubeconfig`` setting) is used
+    instead of ``KUBECONFIG``/``~/.kube/config`` when given. Does not touch the
+    client's global default configuration.
     """
     cfg = k8s_client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -85,8 +87,10 @@ def load_api_client() -> k8s_client.ApiClient | None:
             log.warning("in-cluster Kubernetes config unusable: %s", e)
         else:
             return _finish(cfg)
-    kubeconfig = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or str(
-        Path.home() / ".kube" / "config"
+    kubeconfig = (
+        kubeconfig
+        or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+        or str(Path.home() / ".kube" / "config")
     )
     if not Path(kubeconfig).is_file():
         log.info("no in-cluster config and no kubeconfig: Kubernetes naming disabled")
@@ -188,9 +192,9 @@ class K8sCache:
         self._funcs = list_functions(api_client)
 
     @classmethod
-    def from_environment(cls, **kwargs: Any) -> K8sCache | None:
+    def from_environment(cls, kubeconfig: str = "", **kwargs: Any) -> K8sCache | None:
         """A cache using :func:`load_api_client`, or ``None`` when there is no cluster."""
-        api = load_api_client()
+        api = load_api_client(kubeconfig)
         if api is None:
             return None
         return cls(api, owns_client=True, **kwargs)
