@@ -16,13 +16,7 @@ must equal batch B to the byte.
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
 import threading
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,12 +29,10 @@ from k8spacket.flows.record import ConnectionRecord
 from k8spacket.metrics.collector import K8spacketCollector, make_wsgi_app
 from k8spacket.metrics.sources import SelfMetricSources
 from k8spacket.metrics.traffic import TrafficMetrics
+from promserver import PrometheusServer
 from test_metrics_factories import rec
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
-
-#: Failsafe for waiting on Prometheus (not a timing assertion).
-WAIT = 60.0
 
 
 class ExporterTarget(Protocol):
@@ -74,90 +66,6 @@ class CollectorTarget:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class PrometheusServer:
-    """A Prometheus process on 127.0.0.1 scraping one target every second."""
-
-    def __init__(self, binary: str, target: str, workdir: Path) -> None:
-        config = workdir / "prometheus.yml"
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-            "scrape_configs:\n  - job_name: k8spacket\n"
-            f"    static_configs:\n      - targets: ['{target}']\n"
-        )
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address={self.url.removeprefix('http://')}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.workdir = workdir
-
-    def api(self, path: str, **params: str) -> Any:
-        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            body = json.load(answer)
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def wait_until(self, what: str, check: Any) -> Any:
-        deadline = time.monotonic() + WAIT
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"prometheus exited: {(self.workdir / 'prometheus.log').read_text()}")
-            try:
-                got = check()
-            except OSError:
-                got = None
-            if got:
-                return got
-            if time.monotonic() > deadline:
-                pytest.fail(f"gave up waiting for {what}")
-            time.sleep(0.2)
-
-    def wait_target_up(self) -> None:
-        def up() -> bool:
-            targets = self.api("targets")["activeTargets"]
-            return bool(targets) and all(t["health"] == "up" for t in targets)
-
-        self.wait_until("the target to be up", up)
-
-    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
-        params = {"query": promql}
-        if at is not None:
-            params["time"] = f"{at:.3f}"
-        result: list[dict[str, Any]] = self.api("query", **params)["result"]
-        return result
-
-    def value(self, promql: str, at: float | None = None) -> float | None:
-        result = self.query(promql, at)
-        if not result:
-            return None
-        assert len(result) == 1, result
-        return float(result[0]["value"][1])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture

@@ -1,0 +1,160 @@
+"""A real Prometheus server for tests, optionally inside a lab network namespace.
+
+:class:`PrometheusServer` runs the Debian ``prometheus`` binary scraping one
+target every second and answers PromQL through its HTTP API. With ``netns`` the
+server runs inside that namespace (``ip netns exec``), listening on the
+namespace's own 127.0.0.1, and the API is read from a helper thread that joined
+the namespace (:class:`NetnsCaller`): sockets belong to the namespace of the
+thread that creates them, so nothing is exposed outside the lab.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+#: Failsafe for waiting on Prometheus (not a timing assertion).
+WAIT = 60.0
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def join_netns(netns: str) -> None:
+    """Move the calling thread (only it) into network namespace ``netns``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({netns}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class NetnsCaller:
+    """Runs callables on one thread that lives in ``netns`` (or here, with ``None``)."""
+
+    def __init__(self, netns: str | None) -> None:
+        self.netns = netns
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1,
+            initializer=join_netns if netns else None,
+            initargs=(netns,) if netns else (),
+        )
+
+    def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def get(self, url: str, timeout: float = 10) -> tuple[int, bytes]:
+        """(status, body) of a GET; an HTTP error status is returned, not raised."""
+
+        def fetch() -> tuple[int, bytes]:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as answer:
+                    return int(answer.status), answer.read()
+            except urllib.error.HTTPError as e:
+                return int(e.code), e.read()
+
+        return self(fetch)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class PrometheusServer:
+    """A Prometheus process on 127.0.0.1 scraping one target every second."""
+
+    def __init__(self, binary: str, target: str, workdir: Path, netns: str | None = None) -> None:
+        config = workdir / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+            "scrape_configs:\n  - job_name: k8spacket\n"
+            f"    static_configs:\n      - targets: ['{target}']\n"
+        )
+        # a fresh lab namespace has every port free
+        self.url = f"http://127.0.0.1:{9090 if netns else free_port()}"
+        self.caller = NetnsCaller(netns)
+        self.log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
+        argv = [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address={self.url.removeprefix('http://')}",
+        ]
+        if netns:
+            argv = ["ip", "netns", "exec", netns, *argv]  # ip execs: same pid
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.workdir = workdir
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        status, raw = self.caller.get(url)
+        body = json.loads(raw)
+        assert status == 200 and body["status"] == "success", body
+        return body["data"]
+
+    def wait_until(self, what: str, check: Any) -> Any:
+        deadline = time.monotonic() + WAIT
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"prometheus exited: {(self.workdir / 'prometheus.log').read_text()}")
+            try:
+                got = check()
+            except (OSError, json.JSONDecodeError):
+                got = None
+            if got:
+                return got
+            if time.monotonic() > deadline:
+                pytest.fail(f"gave up waiting for {what}")
+            time.sleep(0.2)
+
+    def wait_target_up(self) -> None:
+        def up() -> bool:
+            targets = self.api("targets")["activeTargets"]
+            return bool(targets) and all(t["health"] == "up" for t in targets)
+
+        self.wait_until("the target to be up", up)
+
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        result: list[dict[str, Any]] = self.api("query", **params)["result"]
+        return result
+
+    def value(self, promql: str, at: float | None = None) -> float | None:
+        result = self.query(promql, at)
+        if not result:
+            return None
+        assert len(result) == 1, result
+        return float(result[0]["value"][1])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        self.caller.close()
