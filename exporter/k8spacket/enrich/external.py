@@ -16,7 +16,7 @@ the packet path much, however many new addresses arrive:
 * the **GeoIP stage** (one thread): country, city, and, with an ASN database,
   the organisation (``geoip.py``), a few tens of microseconds each. It polls the
   hand-off every ``interval`` (default 50 ms) and works through it for at most
-  ``geoip_duty * interval`` (default 5% → 2.5 ms), then sleeps; a batch that
+  ``geoip_duty * interval`` (default 2% → 1 ms), then sleeps; a batch that
   overruns (one slow lookup) stretches the pause so the average stays at
   ``geoip_duty`` of one core. Time is wall time (``work_clock``): while this
   thread runs Python it holds the interpreter lock the packet path needs;
@@ -219,8 +219,8 @@ class ExternalResolver:
         registry_queue_size: int = 1024,
         workers: int = 4,
         private_cache_size: int = 65_536,
-        geoip_duty: float = 0.05,
-        registry_duty: float = 0.05,
+        geoip_duty: float = 0.02,
+        registry_duty: float = 0.02,
         interval: float = 0.05,
         work_clock: Callable[[], float] = time.perf_counter,
         cpu_clock: Callable[[], float] = time.thread_time,
@@ -304,16 +304,27 @@ class ExternalResolver:
         name and workload (unless that is empty or ``unknown``) and gets
         ``org``/``country`` filled in.
         """
-        # flat and duplicated for both ends: this runs for every record
+        # flat and duplicated for both ends, no method calls on the way to a known
+        # answer: this runs for every record (_miss inlined, see there)
         known = self.known
+        private = self.private
         is_named = self.classifier.is_named
         kind = rec.dst_kind
         if kind == "" or kind == "unknown":
             ip = rec.dst
             if is_named is None or not is_named(ip):
                 entry = known.get(ip)
-                if entry is None and ip not in self.private:
-                    entry = self._miss(ip)
+                if entry is None and ip not in private:
+                    if is_private(ip):
+                        self._remember_private(ip)
+                    else:
+                        entry = _PENDING_ENTRY
+                        handoff = self._queue
+                        if len(handoff) < self.queue_size:
+                            known[ip] = entry
+                            handoff.append(ip)
+                        else:
+                            self.counts.handoff_dropped += 1
                 if entry is not None:
                     _, _, rec.dst_name, rec.dst_workload, rec.dst_org, rec.dst_country = entry
                     rec.dst_kind = "external"
@@ -329,8 +340,17 @@ class ExternalResolver:
             ip = rec.src
             if is_named is None or not is_named(ip):
                 entry = known.get(ip)
-                if entry is None and ip not in self.private:
-                    entry = self._miss(ip)
+                if entry is None and ip not in private:
+                    if is_private(ip):
+                        self._remember_private(ip)
+                    else:
+                        entry = _PENDING_ENTRY
+                        handoff = self._queue
+                        if len(handoff) < self.queue_size:
+                            known[ip] = entry
+                            handoff.append(ip)
+                        else:
+                            self.counts.handoff_dropped += 1
                 if entry is not None:
                     _, _, rec.src_name, rec.src_workload, rec.src_org, rec.src_country = entry
                     rec.src_kind = "external"
@@ -363,16 +383,14 @@ class ExternalResolver:
         return self._miss(ip)
 
     def _miss(self, ip: str) -> _Entry | None:
-        """First sight of ``ip`` (or its entry expired): classify, then hand it off.
+        """First sight of ``ip`` (or its entry expired): classify, then hand it off
+        (:meth:`name_record` has this inlined, twice; keep them alike).
 
         No lock: the GIL makes each dict write and deque append atomic, and only
         this path adds to :attr:`known` what is not there yet.
         """
         if is_private(ip):
-            private = self.private
-            if len(private) >= self.private_cache_size:
-                private.clear()
-            private[ip] = True
+            self._remember_private(ip)
             return None
         handoff = self._queue
         if len(handoff) >= self.queue_size:
@@ -381,6 +399,12 @@ class ExternalResolver:
         self.known[ip] = _PENDING_ENTRY
         handoff.append(ip)
         return _PENDING_ENTRY
+
+    def _remember_private(self, ip: str) -> None:
+        private = self.private
+        if len(private) >= self.private_cache_size:
+            private.clear()
+        private[ip] = True
 
     # -------------------------------------------------------------- workers
     def start(self) -> None:
