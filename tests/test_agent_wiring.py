@@ -30,8 +30,8 @@ import pytest
 from kubernetes import client as k8s_client
 
 from conftest import REPO, require
-from k8spacket.agent import Agent
-from k8spacket.config import load_settings
+from k8spacket.agent import Agent, Naming
+from k8spacket.config import SEED_GEOIP_DB_PATH, ConfigError, load_settings
 from k8spacket.enrich.k8s import K8sCache
 from netlab import NetLab, tcptool_argv
 from promserver import NetnsCaller, free_port
@@ -243,3 +243,39 @@ def test_sync_pods_feeds_local_addresses_and_forgets_deleted_pods(cluster: FakeC
         api.close()
         agent.server.httpd.server_close()  # never started: nothing to shut down
         agent.naming.stop()
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            ["enrichment.geoip.dbPath=/nonexistent/City.mmdb"],
+            "k8sPacket.metrics.reverseLookup.geoipDBPath: GeoIP database "
+            "'/nonexistent/City.mmdb' does not exist",
+        ),
+        (
+            ["kubernetes.kubeconfig=/nonexistent/kubeconfig"],
+            "kubernetes.kubeconfig: '/nonexistent/kubeconfig' does not exist",
+        ),
+    ],
+    ids=["geoip-path-missing", "kubeconfig-missing"],
+)
+def test_naming_settings_errors_are_one_line(sets: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Naming.from_settings(load_settings(sets=sets))
+    assert str(err.value) == message
+
+
+def test_seed_default_geoip_path_falls_back_to_the_packaged_database(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = load_settings(sets=[f"enrichment.geoip.dbPath={SEED_GEOIP_DB_PATH}"], env={})
+    settings.kubernetes.enabled = "false"
+    require(not Path(SEED_GEOIP_DB_PATH).exists(), "the seed's default path exists here")
+    naming = Naming.from_settings(settings)
+    try:
+        assert naming.external is not None and naming.external.geoip is not None
+        assert naming.external.geoip.city_path != SEED_GEOIP_DB_PATH
+        assert "does not exist; using the packaged GeoLite2-City" in caplog.text
+    finally:
+        naming.stop()
