@@ -312,9 +312,11 @@ class ExternalResolver:
         kind = rec.dst_kind
         if kind == "" or kind == "unknown":
             ip = rec.dst
-            if is_named is None or not is_named(ip):
+            if ip in private:
+                pass  # private addresses are never in known: one probe for a pod's end
+            elif is_named is None or not is_named(ip):
                 entry = known.get(ip)
-                if entry is None and ip not in private:
+                if entry is None:
                     if is_private(ip):
                         self._remember_private(ip)
                     else:
@@ -338,9 +340,11 @@ class ExternalResolver:
         kind = rec.src_kind
         if kind == "" or kind == "unknown":
             ip = rec.src
-            if is_named is None or not is_named(ip):
+            if ip in private:
+                pass  # private addresses are never in known: one probe for a pod's end
+            elif is_named is None or not is_named(ip):
                 entry = known.get(ip)
-                if entry is None and ip not in private:
+                if entry is None:
                     if is_private(ip):
                         self._remember_private(ip)
                     else:
