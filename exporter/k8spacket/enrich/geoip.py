@@ -1,4 +1,4 @@
-"""Country, city and autonomous system of an address, from MaxMind databases (maxminddb).
+"""Country, city and autonomous system of an address, from MaxMind databases (geoip2).
 
 Two readers, each opened once: a City (or Country) database named by the seed's
 ``k8sPacket.metrics.reverseLookup.geoipDBPath``, and an optional ASN (or ISP)
@@ -13,25 +13,20 @@ kind raises :class:`GeoIPConfigError` once, at start-up, with one line naming
 the setting. A database whose data section turns out to be corrupt for some
 address raises :class:`GeoIPLookupError` for that address only.
 
-Lookups read the records as plain dicts through maxminddb's C reader (about 15 µs
-each) rather than through geoip2's model classes (about three times as much):
-the resolver's GeoIP stage runs on a small CPU budget, so a cheaper lookup names
-more addresses in it. The field rules are geoip2's: the country is the
-``country`` ISO code, else the ``registered_country`` one; the city is its
-English name; the organisation is ``organization`` (ISP databases), else
-``autonomous_system_organization``, else ``isp``.
-
-Limits: still tens of microseconds, so it belongs in a background worker, never
-on the packet path; files are memory-mapped and not reloaded when replaced on
-disk (restart the agent after an update).
+Limits: a lookup costs ~30 µs (geoip2 builds model objects), so it belongs in a
+background worker, never on the packet path; files are memory-mapped and not
+reloaded when replaced on disk (restart the agent after an update).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
+import geoip2.database
+import geoip2.errors
 import maxminddb
 
 CITY_SETTING = "k8sPacket.metrics.reverseLookup.geoipDBPath"
@@ -46,11 +41,6 @@ class GeoIPConfigError(ValueError):
 
 class GeoIPLookupError(RuntimeError):
     """The database is corrupt for this address."""
-
-
-def _iso_code(place: Any) -> str:
-    code = place.get("iso_code") if isinstance(place, dict) else None
-    return code if isinstance(code, str) else ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,9 +60,9 @@ def packaged_city_database() -> str:
     return str(geolite2.filename)
 
 
-def _open(path: str, setting: str, kinds: tuple[str, ...]) -> maxminddb.Reader:
+def _open(path: str, setting: str, kinds: tuple[str, ...]) -> geoip2.database.Reader:
     try:
-        reader = maxminddb.open_database(path)
+        reader = geoip2.database.Reader(path)
     except FileNotFoundError:
         raise GeoIPConfigError(f"{setting}: GeoIP database {path!r} does not exist") from None
     except OSError as e:
@@ -108,12 +98,23 @@ class GeoIPDatabase:
             beside = os.path.join(os.path.dirname(city_path) or ".", ASN_FILE_BESIDE)
         self.city_path = city_path
         self._city = _open(city_path, CITY_SETTING, ("City", "Country", "Enterprise"))
+        kind = self._city.metadata().database_type
+        self._city_get: Callable[[str], Any]
+        if "City" in kind:
+            self._city_get = self._city.city
+        elif "Enterprise" in kind:
+            self._city_get = self._city.enterprise
+        else:
+            self._city_get = self._city.country
         if asn_path is None and beside is not None and os.path.isfile(beside):
             asn_path = beside
         self.asn_path = asn_path or None
-        self._asn: maxminddb.Reader | None = None
+        self._asn: geoip2.database.Reader | None = None
+        self._asn_get: Callable[[str], Any] | None = None
         if self.asn_path:
             self._asn = _open(self.asn_path, ASN_SETTING, ("ASN", "ISP"))
+            is_isp = "ISP" in self._asn.metadata().database_type
+            self._asn_get = self._asn.isp if is_isp else self._asn.asn
 
     @property
     def has_asn(self) -> bool:
@@ -128,32 +129,29 @@ class GeoIPDatabase:
         asn: int | None = None
         found = False
         try:
-            loc: Any = self._city.get(ip)
-        except ValueError:  # not an address, or IPv6 in an IPv4-only database
-            loc = None
+            loc = self._city_get(ip)
+        except (geoip2.errors.AddressNotFoundError, ValueError):  # ValueError: not an address
+            pass
         except maxminddb.InvalidDatabaseError as e:
             raise GeoIPLookupError(f"{self.city_path}: {e}") from None
-        if isinstance(loc, dict):
+        else:
             found = True
-            country = _iso_code(loc.get("country")) or _iso_code(loc.get("registered_country"))
-            place = loc.get("city")
-            names = place.get("names") if isinstance(place, dict) else None
-            city = str(names.get("en") or "") if isinstance(names, dict) else ""
-        if self._asn is not None:
+            country = loc.country.iso_code or loc.registered_country.iso_code or ""
+            city = getattr(getattr(loc, "city", None), "name", None) or ""
+        if self._asn_get is not None:
             try:
-                a: Any = self._asn.get(ip)
-            except ValueError:
-                a = None
+                a = self._asn_get(ip)
+            except (geoip2.errors.AddressNotFoundError, ValueError):
+                pass
             except maxminddb.InvalidDatabaseError as e:
                 raise GeoIPLookupError(f"{self.asn_path}: {e}") from None
-            if isinstance(a, dict):
+            else:
                 found = True
-                number = a.get("autonomous_system_number")
-                asn = number if isinstance(number, int) else None
-                org = str(
-                    a.get("organization")
-                    or a.get("autonomous_system_organization")
-                    or a.get("isp")
+                asn = a.autonomous_system_number
+                org = (
+                    getattr(a, "organization", None)
+                    or a.autonomous_system_organization
+                    or getattr(a, "isp", None)
                     or ""
                 )
         return GeoAnswer(country, city, asn, org) if found else None
