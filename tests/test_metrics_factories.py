@@ -93,6 +93,7 @@ def full_sources() -> SelfMetricSources:
         decode_errors=lambda: {"truncated": 3},
         flows_tracked=lambda: 17,
         flows_evicted=lambda: {"idle": 4, "capacity": 0},
+        tracker_ignored=lambda: {"stray_rst": 1, "after_close": 5},
         enrichment_lookups=lambda: {
             "k8s": {"hit": 120, "miss": 3},
             "geoip": {"hit": 7, "miss": 1},

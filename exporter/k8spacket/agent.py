@@ -269,9 +269,7 @@ class Agent:
         return self.reader.interface_stats()
 
     def _decode_errors(self) -> dict[str, int]:
-        """The decoder's skip counts plus the tracker's ignored packets (``stray_rst``,
-        ``after_close``) as further ``reason`` values."""
-        return {**self.reader.decode_errors(), **self.tracker.ignored}
+        return self.reader.decode_errors()
 
     def sync_pods(self) -> None:
         """One look at the cache's pods: local addresses, series of deleted pods."""

@@ -53,6 +53,7 @@ CAPTURE_INTERFACES = "k8spacket_capture_interfaces"
 DECODE_ERRORS = "k8spacket_decode_errors_total"
 FLOWS_TRACKED = "k8spacket_flows_tracked"
 FLOWS_EVICTED = "k8spacket_flows_evicted_total"
+TRACKER_IGNORED = "k8spacket_tracker_ignored_packets_total"
 SERIES_OVERFLOW = "k8spacket_series_overflow_total"
 ENRICHMENT_LOOKUPS = "k8spacket_enrichment_lookups_total"
 K8S_WATCH_EVENTS = "k8spacket_k8s_watch_events_total"
@@ -75,6 +76,10 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     FLOWS_EVICTED: (
         "counter",
         "Connections removed from the tracker before they closed, by reason.",
+    ),
+    TRACKER_IGNORED: (
+        "counter",
+        "Packets the connection tracker could not attribute, by reason.",
     ),
     SERIES_OVERFLOW: (
         "counter",
@@ -129,6 +134,7 @@ class K8spacketCollector(Collector):
             (DECODE_ERRORS, s.decode_errors),
             (FLOWS_TRACKED, s.flows_tracked),
             (FLOWS_EVICTED, s.flows_evicted),
+            (TRACKER_IGNORED, s.tracker_ignored),
             (SERIES_OVERFLOW, self.traffic),
             (ENRICHMENT_LOOKUPS, s.enrichment_lookups),
             (K8S_WATCH_EVENTS, s.k8s_watch_events),
@@ -177,6 +183,8 @@ class K8spacketCollector(Collector):
             yield _single(FLOWS_TRACKED, n)
         if (v := _read(s.flows_evicted)) is not None:
             yield _by_label(FLOWS_EVICTED, "reason", v)
+        if (v := _read(s.tracker_ignored)) is not None:
+            yield _by_label(TRACKER_IGNORED, "reason", v)
         if snap is not None:
             yield _by_label(SERIES_OVERFLOW, "metric", snap.overflow)
         if (lookups := _read(s.enrichment_lookups)) is not None:

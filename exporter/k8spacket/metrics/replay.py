@@ -42,6 +42,7 @@ def records_to_exposition(
             decode_errors=lambda: skipped,
             flows_tracked=sources.flows_tracked,
             flows_evicted=sources.flows_evicted,
+            tracker_ignored=sources.tracker_ignored,
         )
     kwargs = {} if python_version is None else {"python_version": python_version}
     registry = build_registry(traffic, sources, **kwargs)

@@ -35,6 +35,9 @@ class TrackerLike(Protocol):
     @property
     def evicted(self) -> Mapping[str, int]: ...
 
+    @property
+    def ignored(self) -> Mapping[str, int]: ...
+
 
 @dataclass(frozen=True)
 class SelfMetricSources:
@@ -52,6 +55,8 @@ class SelfMetricSources:
     flows_tracked: Callable[[], Number] | None = None
     #: ``k8spacket_flows_evicted_total{reason}``
     flows_evicted: CountsBy | None = None
+    #: ``k8spacket_tracker_ignored_packets_total{reason}`` (``stray_rst``, ``after_close``)
+    tracker_ignored: CountsBy | None = None
     #: ``k8spacket_enrichment_lookups_total{source,result}``
     enrichment_lookups: LookupCounts | None = None
     #: ``k8spacket_k8s_watch_events_total{resource}``
@@ -63,4 +68,5 @@ class SelfMetricSources:
             self,
             flows_tracked=lambda: len(tracker.table),
             flows_evicted=lambda: dict(tracker.evicted),
+            tracker_ignored=lambda: dict(tracker.ignored),
         )
