@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--inventory", metavar="FILE", help="YAML inventory naming addresses")
     rp.add_argument(
+        "--geoip-db",
+        metavar="FILE",
+        help="GeoLite2/GeoIP2 City database naming external addresses by country "
+        "(default: the GeoLite2-City bundled with the maxminddb-geolite2 package); "
+        "an ASN database named GeoLite2-ASN.mmdb beside it adds the organisation",
+    )
+    rp.add_argument("--no-geoip", action="store_true", help="do not name external addresses")
+    rp.add_argument(
         "--close-older-than",
         type=_positive_seconds,
         default=20.0,
@@ -183,7 +191,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     records: list[ConnectionRecord] = []
     out = sys.stdout
-    namer = _load_namer(args.inventory)
+    namer = _load_namer(args.inventory, None if args.no_geoip else (args.geoip_db or ""))
 
     if args.format == "jsonl":
 
@@ -234,17 +242,48 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_INPUT if stats.errors else 0
 
 
-def _load_namer(path: str | None) -> Any:
-    """The inventory's record namer, or None without ``--inventory``."""
-    if path is None:
-        return None
+def _load_namer(inventory_path: str | None, geoip_path: str | None) -> Any:
+    """The record namer of a replay: the inventory, then GeoIP for external ends.
+
+    ``geoip_path`` ``None`` switches GeoIP off; ``""`` means the bundled database.
+    Offline there is no packet path to protect, so external addresses are looked up
+    at once and the first record already carries the country.
+    """
+    from k8spacket.enrich.classify import AddressClassifier
+    from k8spacket.enrich.external import ExternalResolver
+    from k8spacket.enrich.geoip import GeoIPConfigError, GeoIPDatabase
     from k8spacket.enrich.inventory import Inventory, InventoryError
 
+    inventory = None
+    if inventory_path is not None:
+        try:
+            inventory = Inventory.load(inventory_path)
+        except InventoryError as e:
+            raise UserError(str(e)) from None
+    if geoip_path is None:
+        return None if inventory is None else inventory.name_record
     try:
-        inventory = Inventory.load(path)
-    except InventoryError as e:
-        raise UserError(str(e)) from None
-    return inventory.name_record
+        geoip = GeoIPDatabase(geoip_path or None)
+    except GeoIPConfigError as e:
+        msg = str(e).replace("k8sPacket.metrics.reverseLookup.geoipDBPath", "--geoip-db")
+        raise UserError(msg) from None
+    inv = inventory
+    external = ExternalResolver(
+        geoip=geoip,
+        classifier=AddressClassifier(
+            None if inv is None else (lambda ip: inv.lookup(ip) is not None)
+        ),
+        start=False,
+    )
+
+    def name(rec: ConnectionRecord) -> None:
+        if inv is not None:
+            inv.name_record(rec)
+        external.name_record(rec)
+        if external.drain_now():
+            external.name_record(rec)
+
+    return name
 
 
 class _Progress:
@@ -309,6 +348,8 @@ def write_table(records: Sequence[ConnectionRecord], out: TextIO) -> None:
     if any(r.src_workload or r.dst_workload for r in records):
         cols[1:1] = [("src_workload", "src_workload")]
         cols.insert(4, ("dst_workload", "dst_workload"))
+    if any(r.dst_country for r in records):
+        cols.insert(cols.index(("dport", "dst_port")) + 1, ("country", "dst_country"))
     rows = [[_cell(getattr(r, field)) for _, field in cols] for r in records]
     widths = [len(h) for h, _ in cols]
     for row in rows:

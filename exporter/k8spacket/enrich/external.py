@@ -513,6 +513,21 @@ class ExternalResolver:
         spent = clock() - t0
         return max(self.interval - spent, duty_pause(spent, spent, self.geoip_duty))
 
+    def drain_now(self) -> int:
+        """Look up every handed-off address on the calling thread; return how many.
+
+        For offline use (``k8spacket replay``), where there is no packet path to
+        protect and the first record should already carry the name: call it after
+        :meth:`name_record`, then name the record again. Use it on a resolver built
+        with ``start=False``; the duty budget does not apply.
+        """
+        n = 0
+        q = self._queue
+        while q:
+            self._geo_one(q.popleft())
+            n += 1
+        return n
+
     def _geo_loop(self) -> None:
         pause = 0.0
         while not self._stopped.wait(pause):
