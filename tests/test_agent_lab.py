@@ -9,9 +9,6 @@ clients and servers did, byte for byte.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -19,86 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from netlab import NetLab, Node, Pod, tcptool_argv
+from agentproc import AgentProc, connect
+from netlab import NetLab, tcptool_argv
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
-
-FETCH = (
-    "import sys, urllib.request, urllib.error\n"
-    "try:\n"
-    "    r = urllib.request.urlopen(sys.argv[1], timeout=5); print(r.status); "
-    "sys.stdout.write(r.read().decode())\n"
-    "except urllib.error.HTTPError as e:\n"
-    "    print(e.code); sys.stdout.write(e.read().decode())\n"
-)
-
-
-class AgentProc:
-    """A running agent in a lab node, and its HTTP API."""
-
-    def __init__(self, lab: NetLab, node: Node, config: Path) -> None:
-        self.lab = lab
-        self.node = node
-        self.log = config.with_suffix(".log")
-        self._log = self.log.open("wb")
-        argv = [sys.executable, "-m", "k8spacket.cli", "run", "--config", str(config),
-                "--listen", "127.0.0.1:6676"]  # fmt: skip
-        self.proc = lab.popen_in(node, argv, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def get(self, path: str) -> tuple[int, str]:
-        r = self.lab.run_in(self.node, [sys.executable, "-c", FETCH, f"http://127.0.0.1:6676{path}"],
-                            check=False)  # fmt: skip
-        if r.returncode != 0:
-            return 0, r.stderr
-        status, _, body = r.stdout.partition("\n")
-        return int(status), body
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        status, body = self.get("/metrics")
-        assert status == 200, body
-        out = {}
-        for fam in text_string_to_metric_families(body):
-            for s in fam.samples:
-                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-        return out
-
-    def metric_sum(self, name: str, **labels: str) -> float:
-        return sum(
-            v
-            for (n, ls), v in self.metrics().items()
-            if n == name and all(dict(ls).get(k) == val for k, val in labels.items())
-        )
-
-    def records(self) -> list[dict[str, Any]]:
-        status, body = self.get("/nodegraph/connections")
-        assert status == 200, body
-        return json.loads(body)  # type: ignore[no-any-return]
-
-    def wait(self, what: str, cond: Any, timeout: float = 20) -> float:
-        """Poll ``cond()`` until true; returns the seconds it took (never asserted on)."""
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            assert self.proc.poll() is None, f"agent exited:\n{self.log.read_text()}"
-            if cond():
-                return time.monotonic() - t0
-            time.sleep(0.1)
-        pytest.fail(f"timed out waiting for {what}\n{self.log.read_text()[-3000:]}")
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=20)
-        finally:
-            self._log.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._log.close()
-
 
 _agents: list[AgentProc] = []
 
@@ -114,25 +36,10 @@ def lab() -> Iterator[NetLab]:
 
 
 def start_agent(lab: NetLab, tmp_path: Path, extra: str = "") -> AgentProc:
-    config = tmp_path / "agent.yaml"
-    config.write_text(
-        "capture:\n"
-        "  interfaces:\n"
-        f"    exclude: ['{lab.uplink_regex}']\n"
-        "    refreshPeriod: 2s\n"
-        "tracker:\n"
-        "  flushPeriod: 1s\n"
-        "  closeOlderThan: 4s\n" + extra
-    )
-    agent = AgentProc(lab, lab.nodes["n1"], config)
+    agent = AgentProc(lab, tmp_path, extra)
     _agents.append(agent)
     agent.wait("readiness", lambda: agent.get("/readyz")[0] == 200)
     return agent
-
-
-def connect(lab: NetLab, pod: Pod, *args: str) -> list[dict[str, Any]]:
-    r = lab.run_in(pod, tcptool_argv("connect", *args))
-    return [json.loads(line) for line in r.stdout.splitlines()]
 
 
 def by_connection(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
@@ -250,7 +157,9 @@ def test_interfaces_come_and_go_without_harm(lab: NetLab, tmp_path: Path) -> Non
     agent.wait("a skipped tunl0", lambda: skipped("ignored_name") == 1)
     # a new pod is captured (the seconds it took are printed, not asserted)
     c = lab.add_pod("c", "10.213.1.4/24")
-    took = agent.wait("the new pod's interface", lambda: ifaces() == 3)
+    t0 = time.monotonic()
+    agent.wait("the new pod's interface", lambda: ifaces() == 3)
+    took = time.monotonic() - t0
     print(f"new interface captured after {took:.2f}s (including the metrics round trip)")
     (res,) = connect(lab, c, "10.213.1.3", "8080", "--send", "21")
     assert res["received"] == 9

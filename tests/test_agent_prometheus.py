@@ -17,123 +17,24 @@ buckets that hold the handshake times the agent itself recorded.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from agentproc import AGENT_PORT, AgentProc, connect
 from conftest import require_tool
 from k8spacket.metrics.traffic import HANDSHAKE_BUCKETS
-from netlab import NetLab, Pod, tcptool_argv
-from promserver import NetnsCaller, PrometheusServer
+from netlab import NetLab, tcptool_argv
+from promserver import PrometheusServer
 
 pytestmark = [pytest.mark.netns, pytest.mark.prometheus, pytest.mark.slow]
-
-AGENT_PORT = 6676
-
-
-class LabAgent:
-    """``k8spacket run`` in a lab node namespace, and its HTTP API (read from inside)."""
-
-    def __init__(
-        self,
-        lab: NetLab,
-        workdir: Path,
-        extra_config: str = "",
-        env: Mapping[str, str] | None = None,
-        node: str = "n1",
-    ) -> None:
-        config = workdir / "agent.yaml"
-        config.write_text(
-            "capture:\n"
-            "  interfaces:\n"
-            f"    exclude: ['{lab.uplink_regex}']\n"
-            "    refreshPeriod: 2s\n"
-            "tracker:\n"
-            "  flushPeriod: 1s\n"
-            "  closeOlderThan: 4s\n" + extra_config
-        )
-        self.log = workdir / "agent.log"
-        self._log = self.log.open("wb")
-        argv = [sys.executable, "-m", "k8spacket.cli", "run", "--config", str(config),
-                "--listen", f"127.0.0.1:{AGENT_PORT}"]  # fmt: skip
-        full_env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "NODE_NAME")}
-        full_env.update(env or {})
-        self.proc = lab.popen_in(
-            lab.nodes[node], argv, stdout=self._log, stderr=subprocess.STDOUT, env=full_env
-        )
-        self.http = NetnsCaller(lab.nodes[node].netns)
-
-    def get(self, path: str) -> tuple[int, str]:
-        """(status, body); status 0 when nothing answers yet."""
-        try:
-            status, body = self.http.get(f"http://127.0.0.1:{AGENT_PORT}{path}", timeout=5)
-        except OSError:
-            return 0, ""
-        return status, body.decode()
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        status, body = self.get("/metrics")
-        assert status == 200, body
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(body)
-            for s in fam.samples
-        }
-
-    def metric_sum(self, name: str, **labels: str) -> float:
-        return sum(
-            v
-            for (n, ls), v in self.metrics().items()
-            if n == name and all(dict(ls).get(k) == val for k, val in labels.items())
-        )
-
-    def records(self) -> list[dict[str, Any]]:
-        status, body = self.get("/nodegraph/connections")
-        assert status == 200, body
-        return json.loads(body)  # type: ignore[no-any-return]
-
-    def wait(self, what: str, cond: Callable[[], Any], timeout: float = 20) -> Any:
-        """Poll ``cond()`` until truthy (a deadline to fail on, never asserted as a timing)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc.poll() is None, f"agent exited:\n{self.log.read_text()[-3000:]}"
-            got = cond()
-            if got:
-                return got
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out waiting for {what}\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._log.close()
-        self.http.close()
 
 
 @pytest.fixture
 def lab() -> Iterator[NetLab]:
     with NetLab() as lab:
         yield lab
-
-
-def connect(lab: NetLab, pod: Pod, *args: str) -> list[dict[str, Any]]:
-    r = lab.run_in(pod, tcptool_argv("connect", *args))
-    return [json.loads(line) for line in r.stdout.splitlines()]
 
 
 INVENTORY = """\
@@ -164,7 +65,7 @@ def test_promql_over_the_agent_returns_the_traffic_pods_made(lab: NetLab, tmp_pa
     lab.wait_listening(redis, 6379)
     lab.wait_listening(cart, 8080)
     (tmp_path / "inventory.yaml").write_text(INVENTORY)
-    agent = LabAgent(
+    agent = AgentProc(
         lab,
         tmp_path,
         f"inventory: {{path: '{tmp_path / 'inventory.yaml'}'}}\nkubernetes: {{enabled: false}}\n",

@@ -29,13 +29,13 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 
+from agentproc import AgentProc, connect
 from conftest import REPO, require
 from k8spacket.agent import Agent, Naming
 from k8spacket.config import SEED_GEOIP_DB_PATH, ConfigError, load_settings
 from k8spacket.enrich.k8s import K8sCache
 from netlab import NetLab, tcptool_argv
 from promserver import NetnsCaller, free_port
-from test_agent_prometheus import LabAgent, connect
 from test_k8s_cache import FakeCluster, fast_backoff, pod, record, wait_for
 
 pytestmark = [pytest.mark.kmock, pytest.mark.timeout(60)]
@@ -80,7 +80,7 @@ def kubeconfig(path: Path, url: str) -> Path:
     return path
 
 
-def pod_series(agent: LabAgent, name: str) -> list[Any]:
+def pod_series(agent: AgentProc, name: str) -> list[Any]:
     return [
         (n, ls)
         for (n, ls), _ in agent.metrics().items()
@@ -102,7 +102,7 @@ def test_agent_names_from_kubernetes_and_geoip(tmp_path: Path) -> None:
         lab.wait_listening(redis, 6379)
         lab.wait_listening(inet, 443)
         cluster = NodeCluster(lab.nodes["n1"].netns)
-        agent: LabAgent | None = None
+        agent: AgentProc | None = None
         try:
             cluster.create("pods", pod("cart-5d8f9-abcde", ("10.213.1.2",), node=NODE,
                                        owner=("ReplicaSet", "cart-5d8f9"),
@@ -111,7 +111,7 @@ def test_agent_names_from_kubernetes_and_geoip(tmp_path: Path) -> None:
                 "pods", pod("redis-0", ("10.213.1.3",), node=NODE, owner=("StatefulSet", "redis"))
             )
             cluster.unreachable()
-            agent = LabAgent(
+            agent = AgentProc(
                 lab,
                 tmp_path,
                 f"metrics: {{level: pod}}\nenrichment: {{geoip: {{dbPath: '{city}'}}}}\n",
