@@ -58,4 +58,13 @@ def test_cli_over_the_whole_corpus() -> None:
     summary = [line for line in p.stderr.splitlines() if not line.startswith("k8spacket: error:")]
     assert len(summary) == 1
     assert summary[0].startswith("k8spacket: 830 file(s), ")
-    assert p.stdout.splitlines()[0].split()[:4] == ["src", "sport", "dst", "dport"]
+    # the corpus has public addresses: GeoIP names them, which adds the identity columns
+    assert p.stdout.splitlines()[0].split()[:7] == [
+        "src",
+        "src_workload",
+        "sport",
+        "dst",
+        "dst_workload",
+        "dport",
+        "country",
+    ]
