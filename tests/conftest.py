@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from kmockserver import FakeCluster
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -37,3 +42,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("netns"):
         require(os.geteuid() == 0, "needs root for network namespaces")
         require_tool("ip")
+
+
+@pytest.fixture
+def cluster() -> Iterator[FakeCluster]:
+    """kmock behind its breakable proxy (:class:`kmockserver.FakeCluster`), shut down after."""
+    from kmockserver import FakeCluster
+
+    c = FakeCluster()
+    try:
+        yield c
+    finally:
+        c.shutdown()

@@ -2,7 +2,7 @@
 
 ``k8spacket run`` runs in the lab's node namespace with a kubeconfig pointing at
 kmock (the Kubernetes API emulator, real HTTP, the real ``kubernetes`` client).
-kmock runs in this process (``test_k8s_cache.FakeCluster``); its breakable proxy
+kmock runs in this process (``kmockserver.FakeCluster``); its breakable proxy
 listens on 127.0.0.1 *inside the node namespace* (the listening socket is made by
 a thread that joined the namespace), so the agent reaches the API and nothing is
 exposed outside the lab. Pods are created in kmock with the lab pods' addresses,
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,9 @@ from conftest import REPO, require
 from k8spacket.agent import Agent, Naming
 from k8spacket.config import SEED_GEOIP_DB_PATH, ConfigError, load_settings
 from k8spacket.enrich.k8s import K8sCache
+from kmockserver import FakeCluster, fast_backoff, kubeconfig, pod, record, wait_for
 from netlab import NetLab, tcptool_argv
 from promserver import NetnsCaller, free_port
-from test_k8s_cache import FakeCluster, fast_backoff, pod, record, wait_for
 
 pytestmark = [pytest.mark.kmock, pytest.mark.timeout(60)]
 
@@ -68,16 +67,6 @@ class NodeCluster(FakeCluster):
     def shutdown(self) -> None:
         super().shutdown()
         self._caller.close()
-
-
-def kubeconfig(path: Path, url: str) -> Path:
-    path.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: lab\n"
-        f"clusters: [{{name: lab, cluster: {{server: '{url}'}}}}]\n"
-        "users: [{name: lab, user: {}}]\n"
-        "contexts: [{name: lab, context: {cluster: lab, user: lab}}]\n"
-    )
-    return path
 
 
 def pod_series(agent: AgentProc, name: str) -> list[Any]:
@@ -191,15 +180,6 @@ def test_agent_names_from_kubernetes_and_geoip(tmp_path: Path) -> None:
             if agent is not None:
                 agent.close()
             cluster.shutdown()
-
-
-@pytest.fixture
-def cluster() -> Iterator[FakeCluster]:
-    c = FakeCluster()
-    try:
-        yield c
-    finally:
-        c.shutdown()
 
 
 def test_sync_pods_feeds_local_addresses_and_forgets_deleted_pods(cluster: FakeCluster) -> None:

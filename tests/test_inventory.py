@@ -9,6 +9,7 @@ import pytest
 from k8spacket.enrich.identity import Identity, Resolver, ResolverChain
 from k8spacket.enrich.inventory import Inventory, InventoryError
 from k8spacket.flows.record import KINDS, ConnectionRecord
+from kmockserver import record
 
 INVENTORY = """\
 endpoints:
@@ -88,20 +89,7 @@ def test_empty_documents() -> None:
 
 
 def _record(src: str, dst: str) -> ConnectionRecord:
-    return ConnectionRecord(
-        src=src,
-        src_port=40000,
-        dst=dst,
-        dst_port=80,
-        bytes_sent=1,
-        bytes_received=2,
-        handshake_seconds=None,
-        duration_seconds=0.0,
-        outcome="established",
-        close="fin",
-        start=0.0,
-        end=0.0,
-    )
+    return record(src, dst, bytes_sent=1, bytes_received=2)
 
 
 def test_name_record(inventory: Inventory) -> None:
