@@ -149,6 +149,30 @@ class PrometheusServer:
         assert len(result) == 1, result
         return float(result[0]["value"][1])
 
+    def by_labels(self, promql: str, *labels: str, at: float | None = None) -> dict[Any, float]:
+        """A vector result as {value of ``labels`` (one label: a str, several: a tuple): value}."""
+        return {
+            (
+                r["metric"][labels[0]]
+                if len(labels) == 1
+                else tuple(r["metric"][label] for label in labels)
+            ): float(r["value"][1])
+            for r in self.query(promql, at)
+        }
+
+    def step_window(self, series: str, before: float, after: float) -> tuple[float, str]:
+        """Where one ``series`` stepped from ``before`` to ``after``: (t, range selector).
+
+        ``t`` is the first scrape that saw ``after``; the range (``[…ms]``) reaches
+        back from it exactly to the last scrape that saw ``before``, so a function
+        over it evaluated at ``t`` starts and ends on samples (``increase`` is
+        exact, no extrapolation).
+        """
+        (samples,) = (r["values"] for r in self.query(f"{series}[2m]"))
+        t_before = max(float(t) for t, v in samples if float(v) == before)
+        t_after = min(float(t) for t, v in samples if float(v) == after)
+        return t_after, f"[{round((t_after - t_before) * 1000)}ms]"
+
     def stop(self) -> None:
         self.proc.terminate()
         try:

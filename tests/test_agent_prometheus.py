@@ -114,10 +114,7 @@ def test_promql_over_the_agent_returns_the_traffic_pods_made(lab: NetLab, tmp_pa
 
         # the scrape that last saw A and the first that saw A+B
         series = f'k8spacket_tcp_sent_bytes_total{{dst_port="6379",{CART_REDIS[1:]}'
-        (samples,) = (r["values"] for r in prometheus.query(f"{series}[2m]"))
-        t_a = max(float(t) for t, v in samples if float(v) == sent_a)
-        t_b = min(float(t) for t, v in samples if float(v) == sent_a + sent_b)
-        window = f"[{round((t_b - t_a) * 1000)}ms]"
+        t_b, window = prometheus.step_window(series, sent_a, sent_a + sent_b)
 
         assert prometheus.value(f"increase({series}{window})", at=t_b) == sent_b
         assert (
@@ -126,32 +123,27 @@ def test_promql_over_the_agent_returns_the_traffic_pods_made(lab: NetLab, tmp_pa
             )
             == received_b
         )
-        by_outcome = {
-            r["metric"]["outcome"]: float(r["value"][1])
-            for r in prometheus.query(
-                f"sum by (outcome) (increase(k8spacket_tcp_connections_total{window}))", at=t_b
-            )
-        }
+        by_outcome = prometheus.by_labels(
+            f"sum by (outcome) (increase(k8spacket_tcp_connections_total{window}))",
+            "outcome",
+            at=t_b,
+        )
         # the refused series is born inside the window: its first step is not an increase
         assert by_outcome == {"established": 4.0}
-        totals_by_outcome = {
-            r["metric"]["outcome"]: float(r["value"][1])
-            for r in prometheus.query("sum by (outcome) (k8spacket_tcp_connections_total)", at=t_b)
-        }
+        totals_by_outcome = prometheus.by_labels(
+            "sum by (outcome) (k8spacket_tcp_connections_total)", "outcome", at=t_b
+        )
         assert totals_by_outcome == {"established": 3 + 2 + 4, "refused": 1}
-        pairs = {
-            (r["metric"]["src_workload"], r["metric"]["dst_workload"]): float(r["value"][1])
-            for r in prometheus.query(
-                "sum by (src_workload, dst_workload) (k8spacket_tcp_sent_bytes_total)", at=t_b
-            )
-        }
+        pairs = prometheus.by_labels(
+            "sum by (src_workload, dst_workload) (k8spacket_tcp_sent_bytes_total)",
+            "src_workload",
+            "dst_workload",
+            at=t_b,
+        )
         assert pairs == {("cart", "redis"): sent_a + sent_b, ("web", "cart"): web_sent}
-        closed = {
-            r["metric"]["close"]: float(r["value"][1])
-            for r in prometheus.query(
-                f"sum by (close) (k8spacket_tcp_connections_closed_total{CART_REDIS})", at=t_b
-            )
-        }
+        closed = prometheus.by_labels(
+            f"sum by (close) (k8spacket_tcp_connections_closed_total{CART_REDIS})", "close", at=t_b
+        )
         assert closed == {"fin": 7.0, "rst": 1.0}
 
         # handshake median of batch B: inside the buckets holding B's real handshake times

@@ -140,10 +140,7 @@ def test_promql_returns_the_generated_bytes_and_connections(
     )
 
     # the scrape that last saw A and the first that saw A+B
-    samples = prometheus.query(f"{SENT_CART_REDIS}[2m]")[0]["values"]
-    t_a = max(float(t) for t, v in samples if float(v) == 3000)
-    t_b = min(float(t) for t, v in samples if float(v) == 3000 + 4 * 1234)
-    window = f"[{round((t_b - t_a) * 1000)}ms]"
+    t_b, window = prometheus.step_window(SENT_CART_REDIS, 3000, 3000 + 4 * 1234)
 
     assert prometheus.value(f"increase({SENT_CART_REDIS}{window})", at=t_b) == 4 * 1234
     received = prometheus.value(
@@ -152,28 +149,24 @@ def test_promql_returns_the_generated_bytes_and_connections(
         at=t_b,
     )
     assert received == 4 * 4321
-    by_outcome = {
-        r["metric"]["outcome"]: float(r["value"][1])
-        for r in prometheus.query(
-            f"sum by (outcome) (increase(k8spacket_tcp_connections_total{window}))", at=t_b
-        )
-    }
+    by_outcome = prometheus.by_labels(
+        f"sum by (outcome) (increase(k8spacket_tcp_connections_total{window}))", "outcome", at=t_b
+    )
     # the refused series is born inside the window with value 1: like any new
     # series, increase() cannot see its first step (docs/metrics.md says so)
     assert by_outcome == {"established": 4.0}
-    now_by_outcome = {
-        r["metric"]["outcome"]: float(r["value"][1])
-        for r in prometheus.query("sum by (outcome) (k8spacket_tcp_connections_total)", at=t_b)
-    }
+    now_by_outcome = prometheus.by_labels(
+        "sum by (outcome) (k8spacket_tcp_connections_total)", "outcome", at=t_b
+    )
     assert now_by_outcome == {"established": 5 + 4, "refused": 1}
 
     # totals per workload pair, as a dashboard asks
-    totals = {
-        (r["metric"]["src_workload"], r["metric"]["dst_workload"]): float(r["value"][1])
-        for r in prometheus.query(
-            "sum by (src_workload, dst_workload) (k8spacket_tcp_sent_bytes_total)", at=t_b
-        )
-    }
+    totals = prometheus.by_labels(
+        "sum by (src_workload, dst_workload) (k8spacket_tcp_sent_bytes_total)",
+        "src_workload",
+        "dst_workload",
+        at=t_b,
+    )
     assert totals == {("cart", "redis"): 3000 + 4 * 1234, ("web", "cart"): 140}
     conns = prometheus.value("sum(k8spacket_tcp_connections_total)", at=t_b)
     assert conns == 5 + 5
