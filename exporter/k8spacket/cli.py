@@ -13,11 +13,14 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from k8spacket import __version__
 from k8spacket.flows.record import ConnectionRecord
 from k8spacket.flows.tracker import ConnectionTracker
+
+if TYPE_CHECKING:
+    from k8spacket.enrich.external import ExternalResolver
 
 EXIT_USAGE = 2
 EXIT_INPUT = 1
@@ -249,9 +252,7 @@ def _load_namer(inventory_path: str | None, geoip_path: str | None) -> Any:
     Offline there is no packet path to protect, so external addresses are looked up
     at once and the first record already carries the country.
     """
-    from k8spacket.enrich.classify import AddressClassifier
-    from k8spacket.enrich.external import ExternalResolver
-    from k8spacket.enrich.geoip import GeoIPConfigError, GeoIPDatabase
+    from k8spacket.enrich.classify import AddressClassifier, is_private
     from k8spacket.enrich.inventory import Inventory, InventoryError
 
     inventory = None
@@ -262,23 +263,38 @@ def _load_namer(inventory_path: str | None, geoip_path: str | None) -> Any:
             raise UserError(str(e)) from None
     if geoip_path is None:
         return None if inventory is None else inventory.name_record
-    try:
-        geoip = GeoIPDatabase(geoip_path or None)
-    except GeoIPConfigError as e:
-        msg = str(e).replace("k8sPacket.metrics.reverseLookup.geoipDBPath", "--geoip-db")
-        raise UserError(msg) from None
     inv = inventory
-    external = ExternalResolver(
-        geoip=geoip,
-        classifier=AddressClassifier(
-            None if inv is None else (lambda ip: inv.lookup(ip) is not None)
-        ),
-        start=False,
-    )
+
+    def build_external() -> ExternalResolver:
+        # imported here: ipwhois and geoip2 cost ~0.3 s, wasted on private-only captures
+        from k8spacket.enrich.external import ExternalResolver
+        from k8spacket.enrich.geoip import GeoIPConfigError, GeoIPDatabase
+
+        try:
+            geoip = GeoIPDatabase(geoip_path or None)
+        except GeoIPConfigError as e:
+            msg = str(e).replace("k8sPacket.metrics.reverseLookup.geoipDBPath", "--geoip-db")
+            raise UserError(msg) from None
+        return ExternalResolver(
+            geoip=geoip,
+            classifier=AddressClassifier(
+                None if inv is None else (lambda ip: inv.lookup(ip) is not None)
+            ),
+            start=False,
+        )
+
+    # A database the user named is opened now (a bad path fails before any output);
+    # the bundled one only when the first public address shows up.
+    external = build_external() if geoip_path else None
 
     def name(rec: ConnectionRecord) -> None:
+        nonlocal external
         if inv is not None:
             inv.name_record(rec)
+        if external is None:
+            if is_private(rec.src) and is_private(rec.dst):
+                return
+            external = build_external()
         external.name_record(rec)
         if external.drain_now():
             external.name_record(rec)
