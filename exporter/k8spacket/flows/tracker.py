@@ -101,6 +101,20 @@ class ConnectionTracker:
     the ``reporter`` field; without it ``reporter`` stays ``None``.
     """
 
+    __slots__ = (
+        "close_older_than",
+        "connections",
+        "evicted",
+        "flush_period",
+        "ignored",
+        "is_local",
+        "max_connections",
+        "next_sweep",
+        "records",
+        "sink",
+        "table",
+    )
+
     def __init__(
         self,
         sink: Sink,
