@@ -23,6 +23,7 @@ bench: deps
 	$(PYTHON) bench/replay_bench.py
 	$(PYTHON) bench/metrics_bench.py
 	$(PYTHON) bench/enrichment_bench.py
+	$(PYTHON) bench/enrichment_callgrind.py
 	$(PYTHON) bench/k8s_cache.py
 	$(PYTHON) bench/live_capture.py
 
