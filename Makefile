@@ -2,10 +2,13 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: deps test lint typecheck pytest bench demo
+.PHONY: deps deps-runtime test lint typecheck pytest bench demo
 
 deps:
 	./scripts/install-deps.sh
+
+deps-runtime:
+	./scripts/install-deps.sh --runtime
 
 test: deps lint typecheck pytest
 
@@ -27,5 +30,5 @@ bench: deps
 	$(PYTHON) bench/k8s_cache.py
 	$(PYTHON) bench/live_capture.py
 
-demo: deps
+demo: deps-runtime
 	k8spacket replay --format table --inventory exporter/k8spacket/samples/demo-inventory.yaml exporter/k8spacket/samples/demo.pcap

@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
-# Install what k8spacket's tests and demo need on a Debian/Ubuntu machine:
-# system tools (from apt, when run as root) and the Python package with its
-# test extras (editable, from PyPI). Safe to run again: it skips what is there.
+# Install what k8spacket needs on a Debian/Ubuntu machine: system tools (from
+# apt, when run as root) and the Python package (editable, from PyPI).
+#   scripts/install-deps.sh            everything the tests need (test extras,
+#                                      tcpdump/tshark/prometheus, MaxMind test DBs)
+#   scripts/install-deps.sh --runtime  only what `k8spacket` itself needs (the demo)
+# Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(libpcap0.8 tcpdump tshark tcpreplay iperf3 prometheus iproute2 make)
+runtime_only=false
+[ "${1:-}" = "--runtime" ] && runtime_only=true
+
+if $runtime_only; then
+  APT_PACKAGES=(libpcap0.8 iproute2)
+else
+  APT_PACKAGES=(libpcap0.8 tcpdump tshark tcpreplay iperf3 prometheus iproute2 make)
+fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,6 +32,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
+if $runtime_only; then
+  "$PY" -m pip install -q --disable-pip-version-check -e .
+  exit 0
+fi
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
 
 # MaxMind's own GeoIP test databases (they ship only in the maxminddb source archive).
