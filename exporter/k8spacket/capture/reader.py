@@ -45,7 +45,7 @@ from typing import Any
 
 from k8spacket.capture.local import LocalAddresses
 from k8spacket.capture.ring import PKTTYPE_OFFSET, PacketRing
-from k8spacket.decode import SKIP_REASONS, decode_ethernet, reverse_key
+from k8spacket.decode import SKIP_REASONS, V4_HALF, V6_HALF, decode_ethernet, reverse_key
 from k8spacket.flows.tracker import ConnectionTracker
 
 log = logging.getLogger(__name__)
@@ -226,12 +226,15 @@ class CaptureReader:
     def _expire_owners(self) -> None:
         """Forget owner entries of connections the tracker no longer holds."""
         table = self.tracker.table
+        # An owner key does not say its family; the reverse under the wrong one has
+        # port 0 in it, so it can never name a tracked connection: try both.
         gone = [
             k
             for k in self.owner
-            if k not in table and reverse_key(k, 48 if k < 1 << 96 else 144) not in table
+            if k not in table
+            and reverse_key(k, V4_HALF) not in table
+            and reverse_key(k, V6_HALF) not in table
         ]
-        # (an IPv6 key is ≥ 2**96 unless both addresses are below ::1:0:0: not in use)
         for k in gone:
             del self.owner[k]
 
