@@ -52,7 +52,6 @@ class CaptureFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self.size = 0
-        self.packets_read = 0
         try:
             raw: IO[bytes] = open(path, "rb")  # noqa: SIM115 (closed in close())
         except OSError as e:
@@ -142,7 +141,6 @@ class CaptureFile:
             try:
                 more = f.read(_CHUNK)
             except (OSError, EOFError, zlib.error) as e:
-                self.packets_read = n
                 raise CaptureTruncated(f"{self.path}: read error after {n} packets: {e}") from None
             buf = buf[pos:] + more
             pos = 0
@@ -154,7 +152,6 @@ class CaptureFile:
                 if caplen > MAX_RECORD:
                     if scan:
                         yield buf, pos, scan
-                    self.packets_read = n
                     raise CaptureError(
                         f"{self.path}: corrupt record after {n} packets "
                         f"(captured length {caplen} > {MAX_RECORD})"
@@ -167,7 +164,6 @@ class CaptureFile:
             if scan > pos:
                 yield buf, pos, scan
             pos = scan
-        self.packets_read = n
         if pos < len(buf):
             raise CaptureTruncated(
                 f"{self.path}: truncated after {n} packets "
@@ -199,14 +195,12 @@ class CaptureFile:
             except EOFError:
                 break
             except (Scapy_Exception, struct.error, OSError, ValueError, IndexError) as e:
-                self.packets_read = n
                 raise CaptureError(f"{self.path}: corrupt block after {n} packets: {e}") from None
             resol = meta.tsresol or 1000000
             ts = ((meta.tshigh << 32) | meta.tslow) / resol
             wirelen = meta.wirelen if meta.wirelen is not None else len(data)
             n += 1
             yield ts, data, wirelen, meta.linktype
-        self.packets_read = n
         if problem:
             raise CaptureTruncated(f"{self.path}: {problem} after {n} packets")
 

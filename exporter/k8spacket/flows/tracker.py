@@ -431,7 +431,3 @@ class ConnectionTracker:
                 continue
             self.sink(self._record(conn, None, end))
         self.table.clear()
-
-    @property
-    def open_connections(self) -> int:
-        return sum(1 for c in self.table.values() if not c.st & S_CLOSED)
