@@ -40,3 +40,9 @@ fi
 
 # MaxMind's own GeoIP test databases (they ship only in the maxminddb source archive).
 PYTHON="$PY" ./tests/fixtures/fetch_maxmind_test_dbs.sh
+
+# Per-component test tools (helm, a browser, schema generators, ...): scripts/deps.d/*.sh
+for f in scripts/deps.d/*.sh; do
+  [ -e "$f" ] || continue
+  PYTHON="$PY" bash "$f"
+done
