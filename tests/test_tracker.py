@@ -238,6 +238,79 @@ CASES: list[tuple[str, str, dict[str, Any], list[dict[str, Any]], dict[str, int]
         ],
         {},
     ),
+    (
+        "pooled-idle-past-timeout-and-reused-is-one-connection",
+        "pooled.pcap",
+        {},
+        [
+            # silent past closeOlderThan: flushed by the sweep at 45 s, kept dormant
+            rec(V4C, 40000, V4S, 80, 100, 200, 0.0007, EST, None, 0.0, 0.02),
+            rec("10.0.0.3", 40001, V4S, 80, 50, 0, 0.0007, EST, None, 2.0, 2.01),
+            # the keep-alive probes (0 and 1 byte at snd_nxt - 1) added nothing
+            rec(V4C, 40000, V4S, 80, 300, 400, 0.0007, EST, "fin", 0.0, 101.0002, first=False),
+        ],
+        {},
+    ),
+    (
+        "dormant-forgotten-after-forgetAfter",
+        "pooled.pcap",
+        {"forget_after": 60.0},
+        [
+            rec(V4C, 40000, V4S, 80, 100, 200, 0.0007, EST, None, 0.0, 0.02),
+            rec("10.0.0.3", 40001, V4S, 80, 50, 0, 0.0007, EST, None, 2.0, 2.01),
+            # silent for 60 s at the sweep of 75 s: it ends, at its last packet
+            rec("10.0.0.3", 40001, V4S, 80, 0, 0, 0.0007, EST, "idle", 2.0, 2.01, first=False),
+            rec(V4C, 40000, V4S, 80, 300, 400, 0.0007, EST, "fin", 0.0, 101.0002, first=False),
+        ],
+        {},
+    ),
+    (
+        "old-rule-forgetAfter-equal-closeOlderThan-splits",
+        "pooled.pcap",
+        {"forget_after": 20.0},
+        [
+            rec(V4C, 40000, V4S, 80, 100, 200, 0.0007, EST, "idle", 0.0, 0.02),
+            rec("10.0.0.3", 40001, V4S, 80, 50, 0, 0.0007, EST, "idle", 2.0, 2.01),
+            rec(V4C, 40000, V4S, 80, 0, 0, None, "midstream", "idle", 45.0, 45.0001),
+            rec(V4C, 40000, V4S, 80, 1, 0, None, "midstream", "idle", 75.0, 75.0001),
+            rec(V4C, 40000, V4S, 80, 300, 400, None, "midstream", "fin", 100.0, 101.0002),
+        ],
+        {},
+    ),
+    (
+        "rst-in-handshake-not-acking-syn-ignored",
+        "rst_handshake.pcap",
+        {},
+        [rec(V4C, 40000, V4S, 80, 10, 20, 0.0007, EST, "fin", 1.0, 1.0102)],
+        {},
+    ),
+    (
+        "rst-outside-window-ignored-data-after-counted",
+        "rst_window.pcap",
+        {},
+        [rec(V4C, 40000, V4S, 80, 150, 260, 0.0007, EST, "fin", 1.0, 1.1002)],
+        {},
+    ),
+    (
+        "synack-captured-before-syn-one-connection",
+        "synack_first.pcap",
+        {},
+        # start at the first packet (the SYN-ACK, 3 us before the SYN); handshake to the ACK
+        [rec(V4C, 40000, V4S, 80, 10, 20, 0.0007, EST, "fin", 1.0, 1.0102)],
+        {},
+    ),
+    (
+        "lost-fin-not-a-byte",
+        "lost_fin.pcap",
+        {},
+        [
+            # first FIN lost: the client's last ACK (one past its last byte) closes it
+            rec(V4C, 40000, V4S, 80, 100, 200, 0.0007, EST, "fin", 1.0, 1.1003),
+            # second FIN lost: the client's ACK covering it closes it
+            rec("10.0.0.3", 40001, V4S, 80, 100, 200, 0.0007, EST, "fin", 2.0, 2.1002),
+        ],
+        {},
+    ),
     *[
         (f"link-{n}", f"link_{n}.pcap", {}, [STANDARD], {})
         for n in ("ether", "vlan", "qinq", "sll", "sll2")
@@ -290,6 +363,44 @@ def test_eviction_counters_unanswered(reason: str, count: int) -> None:
     assert tracker.evicted[reason] == count
 
 
+@pytest.mark.parametrize(
+    ("name", "ignored"),
+    [
+        ("rst_handshake.pcap", {"invalid_rst": 2}),
+        ("rst_window.pcap", {"invalid_rst": 2}),
+        ("rst_close.pcap", {}),
+        ("refused.pcap", {}),
+    ],
+    ids=["handshake", "window", "valid-rst", "valid-refusal"],
+)
+def test_invalid_rst_counted(name: str, ignored: dict[str, int]) -> None:
+    _, _, tracker = replay([GEN / name])
+    assert {k: v for k, v in tracker.ignored.items() if v} == ignored
+
+
+def test_dormant_connections_make_room_least_recent_first(tmp_path: Path) -> None:
+    """Dormant entries count against the cap; the least recently active ends first."""
+    cap = Capture()
+    a = cap.tcp((V4C, 40001), (V4S, 80))
+    a.handshake(0.0)
+    a.client(0.01, "PA", 10)
+    b = cap.tcp((V4C, 40002), (V4S, 80))
+    b.handshake(1.0)
+    b.client(1.01, "PA", 20)
+    a.client(30.0, "PA", 5)  # the sweep at 30 s made both dormant; this resumes a
+    cap.tcp((V4C, 40003), (V4S, 80)).client(31.0, "S")  # the table is full
+    cap.write_pcap(tmp_path / "room.pcap")
+    records, _, tracker = replay([tmp_path / "room.pcap"], max_connections=2)
+    assert [shape(r) for r in records] == [
+        rec(V4C, 40001, V4S, 80, 10, 0, 0.0007, EST, None, 0.0, 0.01),
+        rec(V4C, 40002, V4S, 80, 20, 0, 0.0007, EST, None, 1.0, 1.01),
+        rec(V4C, 40002, V4S, 80, 0, 0, 0.0007, EST, "idle", 1.0, 1.01, first=False),
+        rec(V4C, 40001, V4S, 80, 5, 0, 0.0007, EST, None, 0.0, 30.0, first=False),
+        rec(V4C, 40003, V4S, 80, 0, 0, None, "unanswered", None, 31.0, 31.0),
+    ]
+    assert tracker.evicted == {"idle": 0, "capacity": 1}
+
+
 def test_capacity_eviction_counter() -> None:
     _, _, tracker = replay([GEN / "capacity.pcap"], max_connections=3)
     assert tracker.evicted == {"idle": 0, "capacity": 2}
@@ -321,8 +432,9 @@ def test_committed_capture_is_current(name: str, tmp_path: Path) -> None:
         ({"close_older_than": 0}, "positive"),
         ({"flush_period": -1}, "positive"),
         ({"max_connections": 0}, "at least 1"),
+        ({"close_older_than": 30, "forget_after": 20}, "forget_after"),
     ],
-    ids=["idle-timeout-zero", "flush-negative", "cap-zero"],
+    ids=["idle-timeout-zero", "flush-negative", "cap-zero", "forget-before-idle"],
 )
 def test_bad_tracker_options_raise(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
