@@ -77,21 +77,10 @@ _TSHARK_FILTER = (
 def tshark_oracle(path: Path) -> tuple[int, int]:
     """(TCP streams, payload bytes counted once) according to tshark."""
     tshark = require_tool("tshark")
+    argv = [tshark, "-n", "-r", str(path), "-Y", _TSHARK_FILTER, "-T", "fields"]
+    argv += ["-e", "tcp.stream", "-e", "tcp.len"]
     out = subprocess.run(
-        [
-            tshark,
-            "-n",
-            "-r",
-            str(path),
-            "-Y",
-            _TSHARK_FILTER,
-            "-T",
-            "fields",
-            "-e",
-            "tcp.stream",
-            "-e",
-            "tcp.len",
-        ],  # fmt: skip
+        argv,
         capture_output=True,
         text=True,
         timeout=60,
