@@ -436,6 +436,45 @@ def lost_fin() -> Capture:
     return cap
 
 
+def lean_transfer() -> Capture:
+    """304 080 bytes up in 1448-byte segments over 30 s, a reply, then the client's RST.
+
+    Headers only. In lean mode only the segments crossing a 64 KiB boundary of
+    sequence space, the handshake and the RST pass; the RST's sequence number
+    and acknowledgement make both totals exact.
+    """
+    cap = Capture(snaplen=96)
+    conv = cap.tcp(C, S)
+    conv.handshake(0.0)
+    for i in range(210):
+        t = round(0.1 + i / 10, 6)
+        conv.client(t, "PA", 1448)
+        conv.server(t + 0.0001, "A")
+    conv.server(30.0, "PA", 500)
+    conv.client(30.5, "RA")
+    return cap
+
+
+def preexisting() -> Capture:
+    """A low-rate connection open before the capture started, and a later one.
+
+    10.0.0.5:45000 → 10.0.0.6:8080 exchanges 100 + 50 bytes every 3 s from
+    t = 0 and closes at 30 s; a new connection's handshake at 12 s moves the
+    clock (its sweep) in lean mode, where the small messages do not pass.
+    """
+    cap = Capture()
+    old = Conversation(cap, ("10.0.0.5", 45000), ("10.0.0.6", 8080))
+    for i in range(10):
+        old.client(3.0 * i, "PA", 100)
+        old.server(3.0 * i + 0.001, "PA", 50)
+        old.client(3.0 * i + 0.002, "A")
+    new = cap.tcp(("10.0.0.3", 40002), S)
+    new.handshake(12.0)
+    new.fin_close(12.01)
+    old.fin_close(30.0)
+    return cap
+
+
 def _standard_ether() -> Capture:
     cap = Capture()
     standard(cap)
@@ -467,6 +506,8 @@ CAPTURES: dict[str, Callable[[], Capture]] = {
     "rst_window.pcap": rst_window,
     "synack_first.pcap": synack_first,
     "lost_fin.pcap": lost_fin,
+    "lean_transfer.pcap": lean_transfer,
+    "preexisting.pcap": preexisting,
     "link_ether.pcap": link("ether"),
     "link_vlan.pcap": link("vlan"),
     "link_qinq.pcap": link("qinq"),

@@ -135,6 +135,14 @@ class Connection:
         self.owner = owner  # ifindex of the interface that showed it first (0: any)
 
 
+def _lost_fin(st: int) -> bool:
+    """One side's FIN seen, the other's held unit acknowledged: the FIN the capture lost."""
+    return bool(
+        (st & S_SFIN and st & S_CPEND and not st & S_CFIN)
+        or (st & S_CFIN and st & S_SPEND and not st & S_SFIN)
+    )
+
+
 def sender_is_client(sport: int, dport: int) -> bool:
     """The ephemeral-port rule for connections picked up without a SYN."""
     s_eph = sport >= _EPHEMERAL_MIN
@@ -363,6 +371,16 @@ class ConnectionTracker:
                 return
             adv = (ack - conn.client_next) & MASK
         if 0 < adv < HALF:
+            if st & S_LEAN:
+                # lean: data the filter did not pass is the usual reason; a FIN
+                # the kernel dropped is not told from it (docs/capture.md)
+                if server:
+                    conn.server_bytes += adv
+                    conn.server_next = ack
+                else:
+                    conn.client_bytes += adv
+                    conn.client_next = ack
+                return
             self._hold(conn, server, ack, adv)
 
     # ------------------------------------------------------------- slow paths
@@ -660,9 +678,7 @@ class ConnectionTracker:
             elif st & S_CFIN and st & S_SFIN:
                 self._final(conn, "fin")
             elif conn.last <= idle_before:
-                if (st & S_SFIN and st & S_CPEND and not st & S_CFIN) or (
-                    st & S_CFIN and st & S_SPEND and not st & S_SFIN
-                ):
+                if _lost_fin(st):
                     self._final(conn, "fin")  # one FIN lost, the peer acknowledged it
                     dead.append(key)
                     continue
@@ -717,7 +733,7 @@ class ConnectionTracker:
             st = conn.state
             if st & S_CLOSED:
                 continue
-            if st & S_CFIN and st & S_SFIN:
+            if (st & S_CFIN and st & S_SFIN) or _lost_fin(st):
                 self._final(conn, "fin")
                 continue
             end = conn.last if now is None else max(now, conn.last)
