@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from k8spacket.capture.bpf import compile_filter
+from k8spacket.capture.bpf import capture_programs
 from k8spacket.capture.interfaces import InterfaceFilter, InterfaceWatcher
 from k8spacket.capture.local import LocalAddresses
 from k8spacket.capture.reader import CaptureReader, InterfaceStats
@@ -207,7 +207,9 @@ class Agent:
         except (LabelPolicyError, ValueError) as e:
             raise ConfigError(f"metrics: {e}") from None
         try:
-            self.program = compile_filter(s.capture.filter, s.capture.snap_length)
+            self.program, lean_program = capture_programs(
+                s.capture.mode, s.capture.filter, s.capture.snap_length, s.capture.lean_boundary
+            )
         except ValueError as e:
             raise ConfigError(f"capture.filter: {e}") from None
         self.naming = Naming.from_settings(s, k8s)
@@ -226,8 +228,15 @@ class Agent:
             forget_after=s.tracker.forget_after,
             max_connections=s.tracker.max_connections,
             is_local=self.local.is_local,
+            lean=s.capture.mode == "lean",
         )
-        self.reader = CaptureReader(self.tracker, self.local, clock=clock)
+        self.reader = CaptureReader(
+            self.tracker,
+            self.local,
+            clock=clock,
+            lean_program=lean_program,
+            lean_warmup=s.capture.lean_warmup,
+        )
         self.watcher = InterfaceWatcher(
             self.reader,
             self._open_ring,
