@@ -54,6 +54,29 @@ def test_forget_after(tmp_path: Path, text: str, forget: float, error: str) -> N
     assert load_settings(write(tmp_path, text)).tracker.forget_after == forget
 
 
+@pytest.mark.parametrize(
+    ("sets", "want", "error"),
+    [
+        ([], ("lean", 65536, 30.0), ""),
+        (["capture.mode=full"], ("full", 65536, 30.0), ""),
+        (["capture.leanBoundary=1MiB", "capture.leanWarmup=0"], ("lean", 1 << 20, 0.0), ""),
+        (["capture.mode=sparse"], None, "capture.mode: must be one of lean, full"),
+        (["capture.leanBoundary=100000"], None, "capture.leanBoundary: must be a power of two"),
+        (["capture.leanWarmup=-1s"], None, "capture.leanWarmup"),
+    ],
+    ids=["defaults", "full", "boundary-and-no-warmup", "bad-mode", "not-power-of-two", "negative"],
+)
+def test_capture_mode_settings(
+    sets: list[str], want: tuple[str, int, float] | None, error: str
+) -> None:
+    if error:
+        with pytest.raises(ConfigError, match=error):
+            load_settings(sets=sets)
+        return
+    c = load_settings(sets=sets).capture
+    assert (c.mode, c.lean_boundary, c.lean_warmup) == want
+
+
 def test_order_file_then_env_then_flags(tmp_path: Path) -> None:
     f = write(tmp_path, "k8sPacket:\n  tcp:\n    listener:\n      port: 7000\n"
               "tracker:\n  flushPeriod: 3s\n")  # fmt: skip
