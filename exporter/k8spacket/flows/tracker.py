@@ -29,8 +29,7 @@ the first packet seen (the reverse direction is looked up on a miss). Rules
   close_older_than`` gives the old "idle means over" rule). A SYN nobody
   answered ends ``idle`` after ``close_older_than``, as before. In lean mode
   silence is not evidence (small messages pass no filter), so an established
-  connection is forgotten only for room, when its interface goes away, or, half
-  closed, after ``forget_after``;
+  connection is forgotten only for room or, half closed, after ``forget_after``;
 * while open, interim records (``close=None``) are emitted every
   ``flush_period`` so long-lived connections show up early;
 * the table has a hard size cap: when it is full the least recently active
@@ -686,7 +685,7 @@ class ConnectionTracker:
                     if conn.last > forget_before:
                         continue
                     if st & S_LEAN and not st & (S_CFIN | S_SFIN):
-                        continue  # lean: silence is no evidence; room or the interface decide
+                        continue  # lean: silence is no evidence; only room ends it
                 elif keep_dormant and st & (S_SYNACK | S_SSEQ | S_MID):
                     if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
                         self.sink(self._record(conn, None, conn.last))
