@@ -15,6 +15,7 @@ test: deps lint typecheck pytest
 lint:
 	$(PYTHON) -m ruff check exporter tests bench
 	$(PYTHON) -m ruff format --check exporter tests bench
+	PYTHONPATH=exporter $(PYTHON) -c 'from importlinter.cli import lint_imports_command as m; m(["--no-cache"])'
 
 typecheck:
 	$(PYTHON) -m mypy

@@ -20,7 +20,7 @@ from k8spacket.flows.record import ConnectionRecord
 from k8spacket.flows.tracker import ConnectionTracker
 
 if TYPE_CHECKING:
-    from k8spacket.enrich.external import ExternalResolver
+    from k8spacket.enrich.naming import Namer
 
 EXIT_USAGE = 2
 EXIT_INPUT = 1
@@ -245,59 +245,37 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_INPUT if stats.errors else 0
 
 
-def _load_namer(inventory_path: str | None, geoip_path: str | None) -> Any:
-    """The record namer of a replay: the inventory, then GeoIP for external ends.
+def _load_namer(inventory_path: str | None, geoip_path: str | None) -> Namer | None:
+    """The record namer of a replay: the agent's naming chain (enrich/naming.py),
+    offline, without Kubernetes.
 
-    ``geoip_path`` ``None`` switches GeoIP off; ``""`` means the bundled database.
-    Offline there is no packet path to protect, so external addresses are looked up
-    at once and the first record already carries the country.
+    ``geoip_path`` ``None`` switches GeoIP off; ``""`` means the bundled database
+    (opened when the first public address shows up); a database the user named
+    is opened now, so a bad path fails before any output.
     """
-    from k8spacket.enrich.classify import AddressClassifier, is_private
-    from k8spacket.enrich.inventory import Inventory, InventoryError
+    from k8spacket.config import ConfigError, Settings
+    from k8spacket.enrich.naming import Naming
 
-    inventory = None
-    if inventory_path is not None:
-        try:
-            inventory = Inventory.load(inventory_path)
-        except InventoryError as e:
-            raise UserError(str(e)) from None
-    if geoip_path is None:
-        return None if inventory is None else inventory.name_record
-    inv = inventory
-
-    def build_external() -> ExternalResolver:
-        # imported here: ipwhois and geoip2 cost ~0.3 s, wasted on private-only captures
-        from k8spacket.enrich.external import ExternalResolver
-        from k8spacket.enrich.geoip import GeoIPConfigError, GeoIPDatabase
-
-        try:
-            geoip = GeoIPDatabase(geoip_path or None)
-        except GeoIPConfigError as e:
-            msg = str(e).replace("k8sPacket.metrics.reverseLookup.geoipDBPath", "--geoip-db")
-            raise UserError(msg) from None
-        return ExternalResolver(
-            geoip=geoip,
-            classifier=AddressClassifier(
-                None if inv is None else (lambda ip: inv.lookup(ip) is not None)
-            ),
-            start=False,
-        )
-
-    # A database the user named is opened now (a bad path fails before any output);
-    # the bundled one only when the first public address shows up.
-    external = build_external() if geoip_path else None
+    settings = Settings()
+    settings.kubernetes.enabled = "false"
+    settings.inventory = inventory_path or ""
+    settings.enrichment.geoip_enabled = geoip_path is not None
+    settings.enrichment.geoip_db_path = geoip_path or ""
+    settings.origins["enrichment.geoip_db_path"] = "--geoip-db"
+    settings.origins["enrichment.geoip_asn_db_path"] = "--geoip-db (the ASN database beside it)"
+    try:
+        naming = Naming.from_settings(settings, None, offline=True)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    namers = naming.namers()
+    if not namers:
+        return None
+    if len(namers) == 1:
+        return namers[0]
 
     def name(rec: ConnectionRecord) -> None:
-        nonlocal external
-        if inv is not None:
-            inv.name_record(rec)
-        if external is None:
-            if is_private(rec.src) and is_private(rec.dst):
-                return
-            external = build_external()
-        external.name_record(rec)
-        if external.drain_now():
-            external.name_record(rec)
+        for namer in namers:
+            namer(rec)
 
     return name
 

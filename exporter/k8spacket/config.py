@@ -111,6 +111,16 @@ class Settings:
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     inventory: str = ""
     http: HttpSettings = field(default_factory=HttpSettings)
+    #: attribute path (``enrichment.geoip_db_path``) → the key the user set it with
+    #: (``--set enrichment.geoip.dbPath``, ``FILE: k8sPacket.…``, a variable), so
+    #: errors found later (a database that will not open) name what the user typed
+    origins: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def origin(self, attr: str) -> str:
+        """The key the user set ``attr`` with, else its YAML path in our tree."""
+        if attr in self.origins:
+            return self.origins[attr]
+        return next(f.yaml for f in FIELDS if f.attr == attr)
 
     @property
     def listen(self) -> str:
@@ -345,6 +355,7 @@ def _set(settings: Settings, spec: FieldSpec, value: Any, key: str) -> None:
         parsed = spec.parse(value)
     except ValueError as e:
         raise ConfigError(f"{key}: {e}") from None
+    settings.origins[spec.attr] = key
     obj: Any = settings
     *parents, last = spec.attr.split(".")
     for p in parents:
@@ -470,4 +481,6 @@ def load_settings(
 
 def as_dict(settings: Settings) -> dict[str, Any]:
     """The settings as plain data (for logs and ``/debug``-style dumps)."""
-    return dataclasses.asdict(settings)
+    out = dataclasses.asdict(settings)
+    out.pop("origins", None)
+    return out
