@@ -311,7 +311,9 @@ def test_no_files_exits_2() -> None:
 def test_console_script_matches_module() -> None:
     import shutil
 
-    script = shutil.which("k8spacket")
+    # beside the interpreter (a venv need not be on PATH), else on PATH
+    beside = Path(sys.executable).parent / "k8spacket"
+    script = str(beside) if beside.exists() else shutil.which("k8spacket")
     assert script is not None, "the k8spacket console script is installed (pip install -e .)"
     p = subprocess.run(
         [script, "replay", "--format", "table", str(GEN / "fin_close.pcap")],
