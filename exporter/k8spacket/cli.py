@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="TCP traffic visibility for Kubernetes: connection records, "
         "Prometheus metrics and a Node Graph API.",
     )
+    parser.add_argument("--version", action="version", version=f"k8spacket {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     rp = sub.add_parser(
