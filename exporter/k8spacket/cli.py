@@ -195,6 +195,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     records: list[ConnectionRecord] = []
     out = sys.stdout
+    # A file that cannot be opened at all is a mistake in the command: say so before
+    # any output (a table or an exposition of nothing would come first otherwise).
+    for path in args.files:
+        try:
+            open(path, "rb").close()
+        except OSError as e:
+            raise UserError(f"error: {path}: cannot open: {e.strerror or e}", EXIT_INPUT) from None
     namer = _load_namer(args.inventory, None if args.no_geoip else (args.geoip_db or ""))
 
     if args.format == "jsonl":
