@@ -170,6 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from k8spacket.agent import Agent
     from k8spacket.config import ConfigError, load_settings
+    from k8spacket.server import ListenError
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -179,10 +180,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             args.config, os.environ, listen=args.listen, inventory=args.inventory, sets=args.sets
         )
         agent = Agent(settings)
-    except ConfigError as e:
+    except (ConfigError, ListenError) as e:
         raise UserError(str(e)) from None
     except OSError as e:
-        raise UserError(f"cannot listen on {args.listen or 'the configured port'}: {e}") from None
+        if e.filename is None:
+            raise  # not a file the user named: a bug, with its traceback
+        raise UserError(f"{e.filename}: {e.strerror or e}") from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
     agent.run()

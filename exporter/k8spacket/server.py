@@ -39,6 +39,10 @@ Route = Callable[[Mapping[str, list[str]]], tuple[int, str, bytes]]
 JSON = "application/json"
 
 
+class ListenError(OSError):
+    """The HTTP port cannot be bound (one line: the address and the reason)."""
+
+
 class QueryError(ValueError):
     """A bad query parameter (answered with 400)."""
 
@@ -116,7 +120,11 @@ class AgentHTTPServer:
         }
         handler = self._handler_class()
         server_class = _V6Server if ":" in host else ThreadingHTTPServer
-        self.httpd = server_class((host, port), handler)
+        try:
+            self.httpd = server_class((host, port), handler)
+        except OSError as e:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise ListenError(f"cannot listen on {where}: {e.strerror or e}") from None
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

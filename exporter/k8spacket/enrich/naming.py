@@ -51,11 +51,13 @@ def build_k8s_cache(settings: Settings) -> K8sCache | None:
     key = settings.origin("kubernetes.kubeconfig")
     path = k.kubeconfig.split(":")[0]
     if k.kubeconfig:
-        if not Path(path).is_file():
-            raise ConfigError(f"{key}: {k.kubeconfig!r} does not exist")
         try:
             with open(path, "rb"):
                 pass
+        except FileNotFoundError:
+            raise ConfigError(f"{key}: {k.kubeconfig!r} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{key}: {path!r} is a directory, not a kubeconfig") from None
         except OSError as e:
             raise ConfigError(f"{key}: cannot read {path!r}: {e.strerror or e}") from None
     from k8spacket.enrich.k8s import K8sCache
