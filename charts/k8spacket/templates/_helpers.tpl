@@ -89,9 +89,9 @@ capabilities granted above.
 */}}
 {{- define "k8spacket.interpreter" -}}
 {{- if include "k8spacket.conntrack" . -}}
-/usr/local/bin/k8spacket-python-conntrack
+/opt/k8spacket/bin/k8spacket-python-conntrack
 {{- else -}}
-/usr/local/bin/k8spacket-python
+/opt/k8spacket/bin/k8spacket-python
 {{- end }}
 {{- end }}
 
