@@ -33,10 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from synth import ACK, SYN, _frame
-
 from k8spacket.decode import decode_ethernet
 from k8spacket.flows.record import ConnectionRecord
+from synth import ACK, SYN, _frame
 
 
 def rss_mib() -> tuple[float, float]:
@@ -115,12 +114,25 @@ def fill_metrics(budget: int) -> object:
     for i in range(budget + budget // 10):
         traffic.record(
             ConnectionRecord(
-                src="10.1.0.1", src_port=40000, dst="10.2.0.1", dst_port=8080 + i % 3,
-                bytes_sent=100, bytes_received=2000, handshake_seconds=0.0002,
-                duration_seconds=0.5, outcome="established", close="fin", start=0.0, end=1.0,
-                src_namespace=f"ns{i % 40}", src_workload=f"client-{i}", src_kind="pod",
-                dst_namespace="shop", dst_workload=f"server-{i % 97}", dst_kind="service",
-            )  # fmt: skip
+                src="10.1.0.1",
+                src_port=40000,
+                dst="10.2.0.1",
+                dst_port=8080 + i % 3,
+                bytes_sent=100,
+                bytes_received=2000,
+                handshake_seconds=0.0002,
+                duration_seconds=0.5,
+                outcome="established",
+                close="fin",
+                start=0.0,
+                end=1.0,
+                src_namespace=f"ns{i % 40}",
+                src_workload=f"client-{i}",
+                src_kind="pod",
+                dst_namespace="shop",
+                dst_workload=f"server-{i % 97}",
+                dst_kind="service",
+            )
         )
     from prometheus_client import generate_latest
 
@@ -136,13 +148,26 @@ def fill_store(n: int) -> object:
     for i in range(n):
         store.add(
             ConnectionRecord(
-                src=f"10.1.{i >> 8 & 255}.{i & 255}", src_port=40000 + i % 20000,
-                dst="10.2.0.1", dst_port=8080, bytes_sent=100, bytes_received=2000,
-                handshake_seconds=0.0002, duration_seconds=0.5, outcome="established",
-                close="fin", start=float(i), end=float(i) + 1, src_namespace="shop",
-                src_workload=f"client-{i % 500}", src_kind="pod", dst_namespace="shop",
-                dst_workload="cart", dst_kind="service", dst_name="cart",
-            )  # fmt: skip
+                src=f"10.1.{i >> 8 & 255}.{i & 255}",
+                src_port=40000 + i % 20000,
+                dst="10.2.0.1",
+                dst_port=8080,
+                bytes_sent=100,
+                bytes_received=2000,
+                handshake_seconds=0.0002,
+                duration_seconds=0.5,
+                outcome="established",
+                close="fin",
+                start=float(i),
+                end=float(i) + 1,
+                src_namespace="shop",
+                src_workload=f"client-{i % 500}",
+                src_kind="pod",
+                dst_namespace="shop",
+                dst_workload="cart",
+                dst_kind="service",
+                dst_name="cart",
+            )
         )
     return store
 
@@ -173,7 +198,9 @@ def main() -> None:
         fn()
         gc.collect()
         rss, peak = rss_mib()
-        print(f"{name:<44} {rss:8.1f} {rss - last:7.1f} {peak:9.1f} {time.perf_counter() - t0:6.1f}")
+        print(
+            f"{name:<44} {rss:8.1f} {rss - last:7.1f} {peak:9.1f} {time.perf_counter() - t0:6.1f}"
+        )
         last = rss
     rss, peak = rss_mib()
     print(f"total resident {rss:.0f} MiB, peak {peak:.0f} MiB (limit with headroom: peak x 1.5)")
