@@ -612,7 +612,7 @@ def render_notes(helm: Helm, tmp: Path, *sets: str) -> str:
     (chart / "templates/zz-notes.yaml").write_text(
         'notes: {{ tpl (.Files.Get "notes/NOTES.txt") . | toJson }}\n'
     )
-    args = helm.template_args(None, sets) + ["-s", "templates/zz-notes.yaml"]
+    args = [*helm.template_args(None, sets), "-s", "templates/zz-notes.yaml"]
     r = helm.run(*args, chart=chart)
     assert r.returncode == 0, r.stderr
     return str(yaml.safe_load(r.stdout)["notes"])
