@@ -14,12 +14,17 @@ grows the agent's long-lived state to the default limits:
    (the exposition text is built in memory, the peak of a scrape);
 4. the connection store full (``http.connectionStore``, 10,000 records).
 
+With ``--rings`` (root), it also opens two 256 MiB capture rings on ``lo`` and
+prints what they add to the resident set and to this process's memory cgroup
+(what a container's memory limit counts): the kernel allocates ring blocks
+without charging them to the cgroup, so they show in RSS but not in the limit.
+
 Printed side by side with a reference: the same process with nothing but the
 imports (stage 1). The Kubernetes cache is not filled here: docs/kubernetes.md
 measures it at about 1.2 MB per 1,000 pods (``bench/k8s_cache.py``); add that for the
 cluster's size.
 
-Run: ``python bench/agent_memory.py [--connections N] [--budget N]``. Figures only.
+Run: ``python bench/agent_memory.py [--connections N] [--budget N] [--rings]``. Figures only.
 """
 
 from __future__ import annotations
@@ -172,11 +177,49 @@ def fill_store(n: int) -> object:
     return store
 
 
+def memory_cgroup_usage() -> int | None:
+    """Bytes charged to this process's memory cgroup (v2 or v1), if readable."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for candidate in (
+            Path(f"/sys/fs/cgroup{path}/memory.current") if controllers == "" else None,
+            Path(f"/sys/fs/cgroup/memory{path}/memory.usage_in_bytes")
+            if "memory" in controllers.split(",")
+            else None,
+        ):
+            if candidate is not None and candidate.is_file():
+                return int(candidate.read_text())
+    return None
+
+
+def rings_stage() -> None:
+    from k8spacket.capture.bpf import compile_filter
+    from k8spacket.capture.ring import PacketRing
+
+    program = compile_filter("tcp", 96)
+    before_rss, before_cg = rss_mib()[0], memory_cgroup_usage()
+    rings = [PacketRing("lo", program, ring_bytes=256 << 20) for _ in range(2)]
+    time.sleep(0.3)
+    after_rss, after_cg = rss_mib()[0], memory_cgroup_usage()
+    cg = (
+        f"{(after_cg - before_cg) / 2**20:+.0f} MiB"
+        if before_cg is not None and after_cg is not None
+        else "not readable"
+    )
+    print(
+        f"    (2 x 256 MiB rings on lo: RSS {after_rss - before_rss:+.0f} MiB, "
+        f"memory cgroup {cg}; other processes in the cgroup add noise)"
+    )
+    for ring in rings:
+        ring.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--connections", type=int, default=500_000)
     ap.add_argument("--budget", type=int, default=10_000)
     ap.add_argument("--store", type=int, default=10_000)
+    ap.add_argument("--rings", action="store_true", help="also measure capture rings (root)")
     args = ap.parse_args()
 
     base = rss_mib()[0]
@@ -203,7 +246,11 @@ def main() -> None:
         )
         last = rss
     rss, peak = rss_mib()
-    print(f"total resident {rss:.0f} MiB, peak {peak:.0f} MiB (limit with headroom: peak x 1.5)")
+    print(
+        f"total resident {rss:.0f} MiB, peak {peak:.0f} MiB (a memory limit needs headroom above the peak)"
+    )
+    if args.rings:
+        rings_stage()
 
 
 if __name__ == "__main__":
