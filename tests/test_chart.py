@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from conftest import REPO, require
+from k8spacket.cli import build_parser
 from k8spacket.config import FIELDS, SEED_IGNORED, Settings, as_dict, load_settings
 
 CHART = REPO / "charts/k8spacket"
@@ -147,6 +148,8 @@ def agent_settings(docs: list[dict[str, Any]], tmp: Path) -> Settings:
     """What ``k8spacket run`` would load from the rendered pod (downward API faked)."""
     c = agent_container(docs)
     (cm,) = [d for d in kind(docs, "ConfigMap") if "config.yaml" in d.get("data", {})]
+    assert c["command"][1:] == ["-m", "k8spacket.cli"]
+    build_parser().parse_args(c["args"])  # every flag is one `k8spacket run` takes
     args = dict(a.removeprefix("--").split("=", 1) for a in c["args"][1:])
     assert c["args"][0] == "run"
     config_mount = next(m for m in c["volumeMounts"] if m["name"] == "config")["mountPath"]
@@ -644,6 +647,10 @@ def test_notes_commands_name_real_objects_and_paths(helm: Helm, tmp_path: Path) 
         assert key in notes
     assert "port-forward` does not reach them" in notes
     assert "WARNING" not in notes
+    seed_notes = render_notes(
+        helm, tmp_path / "s", "image.repository=docker.io/k8spacket/k8spacket"
+    )
+    assert "WARNING: image.repository is docker.io/k8spacket/k8spacket" in seed_notes
     warned = render_notes(helm, tmp_path / "w", "securityContext.allowPrivilegeEscalation=false")
     assert "WARNING: securityContext.allowPrivilegeEscalation is false" in warned
 
@@ -658,3 +665,23 @@ def test_helm_test_pod_checks_the_service(helm: Helm) -> None:
     assert f"http://{RELEASE}.{NAMESPACE}.svc.cluster.local:8080" in script
     for path in re.findall(r'"(/[\w/]+)"', script):
         assert path in AGENT_PATHS | {"/api/graph/fields"}
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_notes_paths_answer_on_a_running_agent(helm: Helm, tmp_path: Path) -> None:
+    """Every URL NOTES.txt and the helm test pod point at is served (upstream's NOTES 404ed)."""
+    from agentproc import AgentProc
+    from netlab import NetLab
+
+    notes = render_notes(helm, tmp_path)
+    paths = notes_paths(notes) | {"/readyz", "/nodegraph/api/health", "/api/graph/fields"}
+    with NetLab() as lab:
+        lab.add_pod("a", "10.213.1.2/24")
+        agent = AgentProc(lab, tmp_path, "kubernetes:\n  enabled: 'false'\n")
+        try:
+            agent.wait("readiness", lambda: agent.get("/readyz")[0] == 200)
+            answers = {path: agent.get(path)[0] for path in sorted(paths)}
+        finally:
+            agent.close()
+    assert answers == dict.fromkeys(sorted(paths), 200)
