@@ -2,7 +2,7 @@
 PYTHON ?= python3
 export PYTHON
 
-.PHONY: deps deps-runtime test lint typecheck pytest bench demo
+.PHONY: deps deps-runtime test lint typecheck pytest bench demo dashboards plugin
 
 deps:
 	./scripts/install-deps.sh
@@ -32,3 +32,12 @@ bench: deps
 
 demo: deps-runtime
 	k8spacket replay --format table --inventory exporter/k8spacket/samples/demo-inventory.yaml exporter/k8spacket/samples/demo.pcap
+
+# Regenerate the dashboards, their ConfigMaps, the chart's copies and the app
+# plugin manifest from dashboards-gen/templates (commit the result).
+dashboards:
+	$(PYTHON) -m k8spacket.cli dashboards
+
+# The Grafana app plugin bundle: dist/k8spacket-app-<version>.zip
+plugin: dashboards
+	$(PYTHON) -m k8spacket.cli dashboards --plugin-zip dist
