@@ -206,7 +206,11 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     from k8spacket import dashboards
 
     try:
-        root = dashboards.find_root(Path(args.root) if args.root else Path.cwd())
+        root = (
+            dashboards.find_root(Path(args.root), explicit=True)
+            if args.root
+            else dashboards.find_root(Path.cwd())
+        )
         if args.check:
             stale = dashboards.stale_files(root)
             for rel in stale:

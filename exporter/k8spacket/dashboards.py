@@ -59,8 +59,16 @@ class DashboardSpec:
     aliases: tuple[str, ...]
 
 
-def find_root(start: Path | None = None) -> Path:
-    """The source checkout holding ``dashboards-gen/`` (from ``start``, then this file)."""
+def find_root(start: Path | None = None, explicit: bool = False) -> Path:
+    """The source checkout holding ``dashboards-gen/``.
+
+    ``explicit``: ``start`` itself must be it (``--root``); otherwise it and its
+    parents are searched, then the checkout this module was imported from.
+    """
+    if explicit and start is not None:
+        if (start / GEN_DIR / "dashboards.yaml").is_file():
+            return start.resolve()
+        raise GeneratorError(f"{start} has no {GEN_DIR}/dashboards.yaml")
     candidates = []
     if start is not None:
         candidates.append(start.resolve())
