@@ -56,8 +56,8 @@ endpoints:
   - {cidr: 10.213.1.4, namespace: shop, name: web-7c6b5-b, workload: web, kind: pod}
   - {cidr: 10.213.1.9, name: example-org, workload: Example Org, kind: external}
 """
-#: node ids of the Prometheus-only topology: <namespace>/<workload>, or the workload
-CART, REDIS, WEB, EXT = "shop/cart", "shop/redis", "shop/web", "Example Org"
+#: node ids of the topologies (the Node Graph API's workload level): <kind>:<namespace>/<workload>
+CART, REDIS, WEB, EXT = "pod:shop/cart", "pod:shop/redis", "pod:shop/web", "external:/Example Org"
 
 
 # ---------------------------------------------------------------- Grafana's rules
@@ -441,11 +441,14 @@ def test_prometheus_only_topology_is_the_traffic_the_pods_made(lab: Lab) -> None
         graph = prom_graph(lab, panel)
         assert set(graph.nodes) == {CART, REDIS, WEB, EXT}
         assert graph.nodes[CART]["title"] == "cart" and graph.nodes[CART]["subtitle"] == "shop"
-        assert (
-            graph.nodes[EXT]["title"] == "Example Org"
-            and graph.nodes[EXT]["detail__kind"] == "external"
+        ext = graph.nodes[EXT]
+        assert (ext["title"], ext["subtitle"], ext["detail__kind"]) == (
+            "Example Org",
+            "external",
+            "external",
         )
-        assert graph.nodes[CART]["color"] == "#5794F2" and graph.nodes[EXT]["color"] == "#F2495C"
+        assert graph.nodes[CART]["color"] == "#5794f2" and ext["color"] == "#ff9830"
+        assert {e["color"] for e in graph.edges} == {"#5794f2"}
         edges = {(e["source"], e["target"]): e["mainstat"] * range_s for e in graph.edges}
         expected = {pair: t[stat] for pair, t in lab.truth.items()}
         assert edges == pytest.approx(expected), (panel["title"], edges, expected)
