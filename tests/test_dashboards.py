@@ -57,7 +57,7 @@ def prom_exprs(dash: dict[str, Any]) -> list[str]:
     ]
     for v in dash["templating"]["list"]:
         if v["type"] == "query":
-            out.append(v["query"]["query"])
+            out.append(v["query"])
     return out
 
 

@@ -391,7 +391,7 @@ def test_variable_queries_list_what_the_traffic_made(lab: Lab) -> None:
         for v in d["templating"]["list"]:
             if v["type"] != "query":
                 continue
-            query = substitute(v["query"]["query"], lab)
+            query = substitute(v["query"], lab)
             if m := re.fullmatch(r"label_values\((\w+), (\w+)\)", query):
                 series = lab.prometheus.api("series", **{"match[]": m[1]})
                 values = {s[m[2]] for s in series if m[2] in s}
