@@ -209,3 +209,19 @@ def test_configmaps_and_chart_copies_hold_the_dashboard(spec: gen.DashboardSpec)
 def test_the_seeds_configmap_name_carries_the_topology() -> None:
     topology = next(s for s in SPECS if s.name == "topology")
     assert "k8spacket-node-graph-dashboard" in topology.aliases
+
+
+def test_configmaps_are_valid_kubernetes_objects() -> None:
+    import subprocess
+
+    from conftest import require_tool
+
+    tool = require_tool("kubernetes-validate")
+    files = sorted(str(p) for p in (REPO / gen.CONFIGMAP_DIR).glob("*.yaml"))
+    assert len(files) == len(SPECS) + sum(len(s.aliases) for s in SPECS)
+    out = subprocess.run(
+        [tool, "--strict", "-k", "1.30.0", *files], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    # a ConfigMap's data stays under the 1 MiB object limit
+    assert all(Path(f).stat().st_size < 900_000 for f in files)
