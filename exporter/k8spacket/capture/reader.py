@@ -6,7 +6,7 @@ decoder from :mod:`k8spacket.decode`, then the connection tracker. The same
 thread runs the tracker's timer (``sweep``) and reads the kernel's drop
 counters once a second, so the tracker needs no lock.
 
-Exactly-once (DESIGN.md): a connection between two pods of this node crosses
+Exactly-once (docs/design.md): a connection between two pods of this node crosses
 two watched interfaces, and each of them sees *both* directions (inbound on
 the sender's veth, outgoing on the receiver's). The first interface on which
 the reader meets a connection becomes its *owner*: the tracker keeps the

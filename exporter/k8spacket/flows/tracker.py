@@ -2,7 +2,7 @@
 
 One table entry per TCP connection, keyed by the packed addresses and ports of
 the first packet seen (the reverse direction is looked up on a miss). Rules
-(DESIGN.md, "Connection records"):
+(docs/design.md, "Connection records"):
 
 * client and server come from the first SYN; with no SYN seen, the side using
   the ephemeral port is the client (``midstream``). A SYN-ACK captured just
