@@ -211,7 +211,8 @@ def main() -> int:
             j = json.loads(r.stdout)
             ports = {c["socket"]: c["local_port"] for c in j["start"]["connected"]}
             streams = {
-                ports[s["sender"]["socket"]]: s["sender"]["bytes"] for s in j["end"]["streams"]
+                ports[s["sender"]["socket"]]: (s["receiver"]["bytes"], s["sender"]["bytes"])
+                for s in j["end"]["streams"]
             }
             return {"streams": streams}
 
