@@ -62,7 +62,7 @@ class CaptureSettings:
 class TrackerSettings:
     flush_period: float = 10.0
     close_older_than: float = 20.0
-    forget_after: float = 600.0
+    forget_after: float = 0.0  # 0: 10 minutes, or closeOlderThan when that is longer
     max_connections: int = 500_000
 
 
@@ -295,7 +295,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "tcp.assembler.flushing.closeOlderThanDuration",
         ("K8S_PACKET_TCP_ASSEMBLER_FLUSHING_CLOSE_OLDER_THAN_DURATION",),
     ),
-    FieldSpec("tracker.forget_after", "tracker.forgetAfter", _duration),
+    FieldSpec("tracker.forget_after", "tracker.forgetAfter", _duration_or_zero),
     FieldSpec("tracker.max_connections", "tracker.maxConnections", _int_range(1, 100_000_000)),
     FieldSpec(
         "metrics.hide_source_port",
@@ -483,7 +483,7 @@ def validate(settings: Settings) -> None:
             f"capture.leanBoundary: must be a power of two from 4KiB to 1GiB, got {b}"
         )
     t = settings.tracker
-    if t.forget_after < t.close_older_than:
+    if t.forget_after and t.forget_after < t.close_older_than:
         raise ConfigError(
             "tracker.forgetAfter: must be at least tracker.closeOlderThan "
             f"({t.forget_after:g}s < {t.close_older_than:g}s)"
