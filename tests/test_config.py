@@ -8,8 +8,8 @@ import pytest
 
 from k8spacket.config import ConfigError, Settings, load_settings
 
-SEED = Path("/work/shared/seed/k8spacket-values.yaml")
-REPO_SEED = Path(__file__).parent / "data" / "seed-values.yaml"
+#: the seed chart's values file, committed (tests/data/seed/README.md says where it came from)
+SEED = Path(__file__).parent / "data" / "seed" / "k8spacket-values.yaml"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -22,21 +22,36 @@ def test_defaults() -> None:
     s = load_settings()
     assert (s.http.host, s.http.port, s.listen) == ("0.0.0.0", 6676, "0.0.0.0:6676")
     assert (s.tracker.flush_period, s.tracker.close_older_than) == (10.0, 20.0)
+    assert s.tracker.forget_after == 600.0
     assert s.metrics.hide_source_port is True
     assert s.capture.snap_length == 96
 
 
 def test_the_seed_values_file_is_accepted(tmp_path: Path) -> None:
-    seed = SEED if SEED.exists() else REPO_SEED
-    if not seed.exists():
-        pytest.skip("seed values file not available")
-    s = load_settings(seed)
+    s = load_settings(SEED)  # in the repository: never skipped
     assert s.http.port == 6676
     assert s.capture.interfaces.command.startswith("ip address")
     assert s.capture.interfaces.refresh_period == 10.0
     assert (s.tracker.flush_period, s.tracker.close_older_than) == (10.0, 20.0)
     assert s.enrichment.geoip_db_path == "/home/k8spacket/GeoLite2-City.mmdb"
     assert s.enrichment.whois_regexp == r"(?:OrgName:|org-name:)\s*(.*)"
+
+
+@pytest.mark.parametrize(
+    ("text", "forget", "error"),
+    [
+        ("tracker:\n  forgetAfter: 1h\n", 3600.0, ""),
+        ("tracker:\n  closeOlderThan: 30s\n  forgetAfter: 30s\n", 30.0, ""),
+        ("tracker:\n  forgetAfter: 5s\n", 0.0, "tracker.forgetAfter: must be at least"),
+    ],
+    ids=["hour", "old-rule-equal", "shorter-than-idle"],
+)
+def test_forget_after(tmp_path: Path, text: str, forget: float, error: str) -> None:
+    if error:
+        with pytest.raises(ConfigError, match=error):
+            load_settings(write(tmp_path, text))
+        return
+    assert load_settings(write(tmp_path, text)).tracker.forget_after == forget
 
 
 def test_order_file_then_env_then_flags(tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ class CaptureSettings:
 class TrackerSettings:
     flush_period: float = 10.0
     close_older_than: float = 20.0
+    forget_after: float = 600.0
     max_connections: int = 500_000
 
 
@@ -282,6 +283,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "tcp.assembler.flushing.closeOlderThanDuration",
         ("K8S_PACKET_TCP_ASSEMBLER_FLUSHING_CLOSE_OLDER_THAN_DURATION",),
     ),
+    FieldSpec("tracker.forget_after", "tracker.forgetAfter", _duration),
     FieldSpec("tracker.max_connections", "tracker.maxConnections", _int_range(1, 100_000_000)),
     FieldSpec(
         "metrics.hide_source_port",
@@ -463,6 +465,12 @@ def validate(settings: Settings) -> None:
         raise ConfigError("capture.blockSize: must be a multiple of 4KiB")
     if c.ring_size < 2 * c.block_size:
         raise ConfigError("capture.ringSize: must hold at least two blocks (2 x blockSize)")
+    t = settings.tracker
+    if t.forget_after < t.close_older_than:
+        raise ConfigError(
+            "tracker.forgetAfter: must be at least tracker.closeOlderThan "
+            f"({t.forget_after:g}s < {t.close_older_than:g}s)"
+        )
     if "src_port" in settings.metrics.labels and settings.metrics.hide_source_port:
         raise ConfigError("metrics.labels: src_port needs metrics.hideSourcePort: false")
     if settings.http.graph_source == "prometheus" and not settings.http.prometheus_url:
