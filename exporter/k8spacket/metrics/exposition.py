@@ -1,25 +1,37 @@
-"""Fast text exposition of the traffic families, byte-identical to prometheus_client.
+"""What ``/metrics`` answers: negotiated format, fast traffic families, gzip.
 
-``prometheus_client.generate_latest`` builds a dict and formats, sorts and
-escapes every label of every sample on every scrape: about 25 µs per sample
-here, 280 ms for 10,000 series. Label sets of the traffic families change
-rarely, so :class:`TrafficTextWriter` renders each label set's text once and
-keeps it for as long as the label set exists (the cache is rebuilt from the
-snapshot on every scrape, so it never outgrows the series budget). A scrape is
-then one string join per sample.
+**Negotiation** is prometheus_client's own (:func:`negotiate` calls its
+``choose_encoder`` and ``gzip_accepted``): a scraper that asks for OpenMetrics
+(Prometheus 2.x puts ``application/openmetrics-text;version=1.0.0`` first in its
+``Accept`` header) gets OpenMetrics 1.0.0, anything else the text format 0.0.4;
+the body is gzipped when ``Accept-Encoding`` allows it.
 
-The output is exactly what ``generate_latest`` writes for the same families
-(labels sorted by name, ``le`` in its sorted place, the same escaping and the
-same float formatting); ``tests/test_metrics_exposition.py`` holds the two
-against each other. Only the Prometheus text format 0.0.4 is written.
+**Speed.** prometheus_client's encoders build a dict and format, sort and escape
+every label of every sample on every scrape: about 25 µs per sample here, ~2 s
+at the full series budget. Label sets of the traffic families change rarely, so
+:class:`TrafficWriter` renders each label set's text once and keeps it for as
+long as the label set exists (the cache is rebuilt from the snapshot on every
+scrape, so it never outgrows the series budget). A scrape is then one string
+join per sample. Sample lines are the same in both formats (same label
+escaping, same float formatting); only the ``# HELP``/``# TYPE`` lines differ
+(OpenMetrics names a counter family without ``_total`` and escapes ``"`` in
+help text) and OpenMetrics ends with ``# EOF``. The few self-metric families
+are left to prometheus_client's encoder of the negotiated format, which also
+writes the ``# EOF``.
+
+The output is byte-identical to what the negotiated prometheus_client encoder
+writes for the same families; ``tests/test_metrics_exposition.py`` holds the
+two against each other in both formats.
 """
 
 from __future__ import annotations
 
+import gzip
 import threading
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.utils import floatToGoString
 
 from k8spacket.metrics.budget import Key
@@ -37,6 +49,13 @@ from k8spacket.metrics.traffic import (
 fmt = cast(Callable[[float], str], floatToGoString)
 #: HELP/TYPE lines are written by the caller (they come from the catalogue).
 HeaderFor = Callable[[str], str]
+#: prometheus_client's encoder of the negotiated format (registry → bytes)
+Encoder = Callable[[Any], bytes]
+#: (encoder, openmetrics?) → the whole body
+Render = Callable[[Encoder, bool], bytes]
+OPENMETRICS_TYPE = "application/openmetrics-text"
+#: gzip level of /metrics answers: 1 is ~5x faster than 9 and ~25% bigger here
+GZIP_LEVEL = 1
 
 
 def _escape(value: str) -> str:
@@ -47,7 +66,7 @@ def _pairs(names: tuple[str, ...], key: Key) -> list[str]:
     return [f'{n}="{_escape(v)}"' for n, v in sorted(zip(names, key, strict=True))]
 
 
-class TrafficTextWriter:
+class TrafficWriter:
     """Renders the traffic families of a snapshot, caching each label set's text."""
 
     def __init__(self) -> None:
@@ -115,3 +134,16 @@ class TrafficTextWriter:
         self._flat = flat_cache_in_use
         self._split = split_in_use
         return "".join(parts)
+
+
+def negotiate(
+    accept: str, accept_encoding: str, render: Render
+) -> tuple[bytes, list[tuple[str, str]]]:
+    """(body, headers) of one scrape, in the format ``accept`` asks for."""
+    encoder, content_type = choose_encoder(accept)
+    body = render(encoder, content_type.startswith(OPENMETRICS_TYPE))
+    headers = [("Content-Type", content_type)]
+    if gzip_accepted(accept_encoding):
+        body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+        headers.append(("Content-Encoding", "gzip"))
+    return body, headers
