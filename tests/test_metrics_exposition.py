@@ -17,7 +17,6 @@ from k8spacket.metrics.traffic import TrafficMetrics
 from test_metrics_factories import ManualClock, collector, full_sources, rec
 from test_metrics_golden import SCENARIOS, cluster_records
 
-
 #: what Prometheus 2.42 sends (captured from the real server, see bench/metrics_bench.py)
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
