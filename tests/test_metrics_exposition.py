@@ -12,16 +12,11 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from k8spacket.metrics.collector import K8spacketCollector, ScrapeRegistry, make_wsgi_app
+from k8spacket.metrics.exposition import PROMETHEUS_2_ACCEPT
 from k8spacket.metrics.labels import LabelPolicy
 from k8spacket.metrics.traffic import TrafficMetrics
 from test_metrics_factories import ManualClock, collector, full_sources, rec
 from test_metrics_golden import SCENARIOS, cluster_records
-
-#: what Prometheus 2.42 sends (captured from the real server, see bench/metrics_bench.py)
-PROMETHEUS_ACCEPT = (
-    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
-    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-)
 
 
 def standard(c: K8spacketCollector) -> bytes:
@@ -81,7 +76,7 @@ def test_fast_openmetrics_is_byte_identical(case: str) -> None:
 @pytest.mark.parametrize(
     ("accept", "content_type"),
     [
-        (PROMETHEUS_ACCEPT, "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (PROMETHEUS_2_ACCEPT, "application/openmetrics-text; version=1.0.0; charset=utf-8"),
         ("", "text/plain; version=0.0.4; charset=utf-8"),
         ("text/plain;version=0.0.4", "text/plain; version=0.0.4; charset=utf-8"),
         ("*/*", "text/plain; version=0.0.4; charset=utf-8"),

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +76,8 @@ log = logging.getLogger(__name__)
 Namer = Callable[[ConnectionRecord], None]
 #: seconds between two looks at the cache's pods (local addresses, deleted pods)
 POD_SYNC_PERIOD = 0.5
+#: the interpreter's thread switch interval while the agent runs (default 5 ms)
+SWITCH_INTERVAL = 0.001
 
 
 def build_k8s_cache(settings: Settings) -> K8sCache | None:
@@ -272,7 +275,7 @@ class Agent:
         self.server = AgentHTTPServer(
             s.http.host,
             s.http.port,
-            self.registry.scrape,
+            self.registry.scrape_chunks,
             self.store,
             self.readiness,
             liveness=self.supervisor.health,
@@ -363,6 +366,10 @@ class Agent:
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        # The capture thread must get the interpreter lock back within a few
+        # milliseconds while a scrape or the publisher computes (the default 5 ms
+        # switch interval, several times over, is longer than a block timeout).
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.capture_problem = capture_denied()
         if self.capture_problem is not None:
             log.error(

@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 Route = Callable[[Mapping[str, list[str]]], tuple[int, str, bytes]]
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
-#: (Accept, Accept-Encoding) → (body, headers)
-Scrape = Callable[[str, str], tuple[bytes, list[tuple[str, str]]]]
+#: (Accept, Accept-Encoding) → (body chunks, headers)
+Scrape = Callable[[str, str], tuple[list[bytes], list[tuple[str, str]]]]
 
 
 class QueryError(ValueError):
@@ -158,10 +158,10 @@ class AgentHTTPServer:
                 url = urlsplit(self.path)
                 path = url.path.rstrip("/") or "/"
                 if path == "/metrics":
-                    body, headers = server.metrics(
+                    chunks, headers = server.metrics(
                         self.headers.get("Accept", ""), self.headers.get("Accept-Encoding", "")
                     )
-                    self._send(200, "", body, headers)
+                    self._send(200, "", chunks, headers)
                 elif path == "/healthz":
                     problem = server.liveness()
                     if problem is None:
@@ -184,17 +184,19 @@ class AgentHTTPServer:
                 self,
                 status: int,
                 ctype: str,
-                body: bytes,
+                body: bytes | list[bytes],
                 headers: list[tuple[str, str]] | None = None,
             ) -> None:
+                chunks = [body] if isinstance(body, bytes) else body
                 self.send_response(status)
                 for name, value in headers or [("Content-Type", ctype)]:
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(sum(len(c) for c in chunks)))
                 if ctype == JSON:
                     self.send_header("Access-Control-Allow-Origin", "*")
                 self.end_headers()
-                self.wfile.write(body)
+                for chunk in chunks:
+                    self.wfile.write(chunk)
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("http: " + format, *args)

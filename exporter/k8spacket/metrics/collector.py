@@ -170,13 +170,20 @@ class K8spacketCollector(Collector):
         this collector, then ``others``; but the traffic families are written by
         :class:`TrafficWriter`, which keeps each label set's text.
         """
+        return b"".join(self.exposition_chunks(*others, encoder=encoder, openmetrics=openmetrics))
+
+    def exposition_chunks(
+        self, *others: Collector, encoder: Encoder = generate_latest, openmetrics: bool = False
+    ) -> list[bytes]:
+        """:meth:`exposition` in chunks of a few hundred kilobytes (what the server writes)."""
         snap = self.traffic.snapshot() if self.traffic is not None else None
         header = _om_header if openmetrics else _header
-        head = self._writer.render(snap, header).encode() if snap is not None else b""
+        chunks = self._writer.render(snap, header) if snap is not None else []
         families = list(self._self_families(snap))
         for other in others:
             families.extend(other.collect())
-        return head + encoder(_Families(families))
+        chunks.append(encoder(_Families(families)))
+        return chunks
 
     def _self_families(self, snap: TrafficSnapshot | None) -> Iterator[Metric]:
         yield _info(BUILD_INFO, self.build_labels)
@@ -253,25 +260,35 @@ class ScrapeRegistry(CollectorRegistry):
         super().unregister(collector)
         self._others.remove(collector)
 
-    def render(self, encoder: Encoder, openmetrics: bool) -> bytes:
-        return self.collector.exposition(*self._others, encoder=encoder, openmetrics=openmetrics)
+    def render(self, encoder: Encoder, openmetrics: bool) -> list[bytes]:
+        return self.collector.exposition_chunks(
+            *self._others, encoder=encoder, openmetrics=openmetrics
+        )
+
+    def scrape_chunks(
+        self, accept: str = "", accept_encoding: str = ""
+    ) -> tuple[list[bytes], list[tuple[str, str]]]:
+        """(body chunks, headers) answering a request with these ``Accept*`` headers."""
+        return negotiate(accept, accept_encoding, self.render)
 
     def scrape(
         self, accept: str = "", accept_encoding: str = ""
     ) -> tuple[bytes, list[tuple[str, str]]]:
-        """(body, headers) answering a request with these ``Accept*`` headers."""
-        return negotiate(accept, accept_encoding, self.render)
+        """:meth:`scrape_chunks` with the body in one piece."""
+        chunks, headers = self.scrape_chunks(accept, accept_encoding)
+        return b"".join(chunks), headers
 
 
 def make_wsgi_app(registry: ScrapeRegistry) -> WSGIApp:
-    """A WSGI app answering every request with ``registry.scrape`` (content negotiation)."""
+    """A WSGI app answering every request with ``registry.scrape_chunks`` (negotiated)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        body, headers = registry.scrape(
+        chunks, headers = registry.scrape_chunks(
             environ.get("HTTP_ACCEPT", ""), environ.get("HTTP_ACCEPT_ENCODING", "")
         )
-        start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
-        return [body]
+        length = sum(len(c) for c in chunks)
+        start_response("200 OK", [*headers, ("Content-Length", str(length))])
+        return chunks
 
     return app
 

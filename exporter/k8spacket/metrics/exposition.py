@@ -26,8 +26,8 @@ two against each other in both formats.
 
 from __future__ import annotations
 
-import gzip
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -51,9 +51,16 @@ fmt = cast(Callable[[float], str], floatToGoString)
 HeaderFor = Callable[[str], str]
 #: prometheus_client's encoder of the negotiated format (registry → bytes)
 Encoder = Callable[[Any], bytes]
-#: (encoder, openmetrics?) → the whole body
-Render = Callable[[Encoder, bool], bytes]
+#: (encoder, openmetrics?) → the body, in chunks
+Render = Callable[[Encoder, bool], list[bytes]]
 OPENMETRICS_TYPE = "application/openmetrics-text"
+#: the Accept header of Prometheus 2.42's scrapes (captured from the real server)
+PROMETHEUS_2_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+#: lines per chunk of the traffic text (~200 KB: ~0.1 ms to join and encode)
+CHUNK_LINES = 1000
 #: gzip level of /metrics answers: 1 is ~5x faster than 9 and ~25% bigger here
 GZIP_LEVEL = 1
 
@@ -67,19 +74,26 @@ def _pairs(names: tuple[str, ...], key: Key) -> list[str]:
 
 
 class TrafficWriter:
-    """Renders the traffic families of a snapshot, caching each label set's text."""
+    """Renders the traffic families of a snapshot, caching each label set's text.
+
+    The text comes out in chunks of about :data:`CHUNK_LINES` lines (bytes,
+    UTF-8), never as one string: joining or encoding tens of megabytes is one C
+    call that holds the interpreter lock for tens of milliseconds, and the
+    capture thread must not wait that long.
+    """
 
     def __init__(self) -> None:
         self._flat: dict[tuple[str, ...], dict[Key, str]] = {}
         self._split: dict[Key, tuple[str, str, str]] = {}
         self._lock = threading.Lock()
 
-    def render(self, snap: TrafficSnapshot, header: HeaderFor) -> str:
+    def render(self, snap: TrafficSnapshot, header: HeaderFor) -> list[bytes]:
         with self._lock:
             return self._render(snap, header)
 
-    def _render(self, snap: TrafficSnapshot, header: HeaderFor) -> str:
+    def _render(self, snap: TrafficSnapshot, header: HeaderFor) -> list[bytes]:
         names = snap.label_names
+        out: list[bytes] = []
         parts: list[str] = []
         flat_cache_in_use: dict[tuple[str, ...], dict[Key, str]] = {}
         for fam, lnames in (
@@ -98,6 +112,9 @@ class TrafficWriter:
                     s = "{" + ",".join(_pairs(lnames, key)) + "}"
                 cache[key] = s
                 parts.append(f"{fam}{s} {fmt(v[0])}\n")
+                if len(parts) >= CHUNK_LINES:
+                    out.append("".join(parts).encode())
+                    parts.clear()
         split_in_use: dict[Key, tuple[str, str, str]] = {}
         for fam, bounds in ((HANDSHAKE, snap.handshake_buckets), (DURATION, snap.duration_buckets)):
             parts.append(header(fam))
@@ -122,6 +139,9 @@ class TrafficWriter:
                     parts.append(f"{bucket}{head}{les[i]}{tail} {fmt(acc)}\n")
                 parts.append(f"{count}{full} {fmt(acc)}\n")
                 parts.append(f"{total}{full} {fmt(v[nb])}\n")
+                if len(parts) >= CHUNK_LINES:
+                    out.append("".join(parts).encode())
+                    parts.clear()
         parts.append(header(OPEN))
         cache = flat_cache_in_use.setdefault(names, {})
         old = self._flat.get(names, {})
@@ -131,19 +151,29 @@ class TrafficWriter:
                 s = "{" + ",".join(_pairs(names, key)) + "}"
             cache[key] = s
             parts.append(f"{OPEN}{s} {fmt(v[0])}\n")
+            if len(parts) >= CHUNK_LINES:
+                out.append("".join(parts).encode())
+                parts.clear()
+        out.append("".join(parts).encode())
         self._flat = flat_cache_in_use
         self._split = split_in_use
-        return "".join(parts)
+        return out
 
 
 def negotiate(
     accept: str, accept_encoding: str, render: Render
-) -> tuple[bytes, list[tuple[str, str]]]:
-    """(body, headers) of one scrape, in the format ``accept`` asks for."""
+) -> tuple[list[bytes], list[tuple[str, str]]]:
+    """(body chunks, headers) of one scrape, in the format ``accept`` asks for.
+
+    Gzip (when ``accept_encoding`` allows it) compresses chunk by chunk; zlib
+    lets go of the interpreter lock while it works.
+    """
     encoder, content_type = choose_encoder(accept)
-    body = render(encoder, content_type.startswith(OPENMETRICS_TYPE))
+    chunks = render(encoder, content_type.startswith(OPENMETRICS_TYPE))
     headers = [("Content-Type", content_type)]
     if gzip_accepted(accept_encoding):
-        body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+        z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: a gzip header and trailer
+        chunks = [z.compress(c) for c in chunks]
+        chunks.append(z.flush())
         headers.append(("Content-Encoding", "gzip"))
-    return body, headers
+    return chunks, headers
