@@ -11,6 +11,10 @@ failing is given up on and ``/healthz`` fails, naming it.
 
 from __future__ import annotations
 
+import errno
+import os
+import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -213,3 +217,61 @@ def test_healthz_fails_when_restarts_are_exhausted(running: list[Agent]) -> None
     assert restarts(agent, "capture") == 2
     status, body = get(agent, "/readyz")
     assert (status, body) == (503, "not ready: capture thread not running\n")
+
+
+class _Events:
+    """A stand-in RTNL event socket: readable through a pipe, counts closes."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _NoRings:
+    def attach(self, ring: Any) -> None: ...
+    def detach(self, name: str) -> None: ...
+    def learn(self, pairs: Any) -> None: ...
+
+
+def test_a_failing_event_socket_is_reopened_and_the_links_resynced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from k8spacket.capture import interfaces
+
+    r, w = os.pipe()
+    os.write(w, b"event")
+    opened: list[_Events] = []
+    drains = [0]
+
+    def open_events() -> _Events:
+        opened.append(_Events(r))
+        return opened[-1]
+
+    def drain(events: _Events) -> None:
+        drains[0] += 1
+        if drains[0] == 1:
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        os.read(events.fd, 100)  # the event is consumed: nothing more to read
+
+    monkeypatch.setattr(interfaces, "_open_link_events", open_events)
+    monkeypatch.setattr(interfaces, "_drain_events", drain)
+    watcher = interfaces.InterfaceWatcher(
+        _NoRings(), lambda name: None, list_links=list, list_pod_routes=None, event_delay=0.01
+    )
+    t = threading.Thread(target=watcher.run, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: watcher.event_errors == 1 and watcher.syncs >= 2, "reopened, resynced")
+        assert len(opened) == 2 and opened[0].closed and not opened[1].closed
+    finally:
+        watcher.stop()
+        t.join(5)
+        os.close(r)
+        os.close(w)
+    assert not t.is_alive() and opened[1].closed

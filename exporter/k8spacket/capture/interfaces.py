@@ -23,6 +23,12 @@ The watcher listens to RTNL link events and re-lists on each burst of them
 Calico and Cilium route each pod that way), so those pods are known as local
 before they send anything.
 
+Netlink trouble is never fatal either: ``OSError``, pyroute2's ``NetlinkError``
+and ``NetlinkDumpInterrupted`` (links changed during a dump) make the watcher
+retry the sync after ``retry_delay``, and an event socket that fails (it
+overflows during heavy link churn) is reopened; anything else is a bug and
+goes to the supervisor (:mod:`k8spacket.supervise`), which restarts the loop.
+
 Netlink and the command are injected (``list_links``, ``list_pod_routes``,
 ``run_command``) so tests can drive the logic with plain data.
 """
@@ -350,7 +356,7 @@ class InterfaceWatcher:
         log.warning(
             "RTNL event socket failed (%s: %s): reopening it, resyncing", type(e).__name__, e
         )
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*netlink_errors()):
             events.close()
         return _open_link_events()
 
