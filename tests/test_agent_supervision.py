@@ -24,14 +24,18 @@ from kubernetes import client as k8s_client
 from prometheus_client.parser import text_string_to_metric_families
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
 
+from conftest import REPO, require
 from k8spacket.agent import Agent
 from k8spacket.config import load_settings
+from k8spacket.enrich.external_cache import ExternalInfo
 from k8spacket.enrich.k8s import K8sCache
 from k8spacket.supervise import Supervisor
 from kmockserver import FakeCluster, fast_backoff, pod, wait_for
 from promserver import free_port
 
 pytestmark = [pytest.mark.timeout(60)]
+
+MAXMIND = REPO / "tests" / "fixtures" / "maxmind"
 
 
 class Injected(RuntimeError):
@@ -53,9 +57,15 @@ def fail_once(target: Any, name: str, calls: list[int] | None = None) -> list[in
     return seen
 
 
-def new_agent(supervisor: Supervisor, k8s: K8sCache | None = None) -> Agent:
+def new_agent(supervisor: Supervisor, k8s: K8sCache | None = None, external: bool = False) -> Agent:
+    naming = (
+        [f"enrichment.geoip.dbPath={MAXMIND / 'GeoLite2-City-Test.mmdb'}",
+         "enrichment.whois.enabled=true"]
+        if external
+        else ["enrichment.geoip.enabled=false"]
+    )  # fmt: skip
     settings = load_settings(
-        sets=["enrichment.geoip.enabled=false", "kubernetes.nodeName=lab-n1"]
+        sets=[*naming, "kubernetes.nodeName=lab-n1"]
         + ([] if k8s else ["kubernetes.enabled=false"]),
         listen=f"127.0.0.1:{free_port()}",
     )
@@ -76,13 +86,21 @@ def get(agent: Agent, path: str) -> tuple[int, str]:
 
 
 def restarts(agent: Agent, thread: str) -> float:
+    """``k8spacket_thread_restarts_total`` of ``thread`` (summed over ``name-*`` for
+    ``name-*``), read from /metrics; -1 when there is no such series."""
     status, body = get(agent, "/metrics")
     assert status == 200
-    for fam in text_string_to_metric_families(body):
-        for s in fam.samples:
-            if s.name == "k8spacket_thread_restarts_total" and s.labels == {"thread": thread}:
-                return s.value
-    return -1.0  # no series
+    values = [
+        s.value
+        for fam in text_string_to_metric_families(body)
+        for s in fam.samples
+        if s.name == "k8spacket_thread_restarts_total"
+        and (
+            s.labels["thread"] == thread
+            or (thread.endswith("*") and s.labels["thread"].startswith(thread[:-1]))
+        )
+    ]
+    return sum(values) if values else -1.0
 
 
 @pytest.fixture
@@ -135,7 +153,36 @@ def inject_k8s_watch(agent: Agent) -> Callable[[], bool]:
     return lambda: cache.stats()["pods"]["lists"] > lists  # restarted with a fresh list
 
 
+def inject_geoip(agent: Agent) -> Callable[[], bool]:
+    external = agent.naming.external
+    assert external is not None
+    calls = fail_once(external.geoip_stage, "batch")
+    return lambda: calls[0] >= 2
+
+
+def inject_registry(agent: Agent) -> Callable[[], bool]:
+    external = agent.naming.external
+    assert external is not None and external.registry_stage is not None
+    stage = external.registry_stage
+    calls = [0]
+
+    def lookup(ip: str, info: ExternalInfo) -> ExternalInfo:  # never a real registry
+        calls[0] += 1
+        if calls[0] == 1:
+            raise Injected("injected into the registry lookup")
+        return info
+
+    stage.lookup = lookup  # type: ignore[method-assign]
+    for ip in ("203.0.113.7", "203.0.113.8"):
+        stage.queue.put((ip, ExternalInfo()))
+    return lambda: calls[0] >= 2
+
+
 LOCAL: dict[str, Inject] = {"capture": inject_capture, "interfaces": inject_interfaces}
+EXTERNAL: dict[str, Inject] = {
+    "k8spacket-geoip": inject_geoip,
+    "k8spacket-whois-*": inject_registry,
+}
 WITH_K8S: dict[str, Inject] = {"k8s-pods": inject_pod_sync, "k8s-watch-pods": inject_k8s_watch}
 
 
@@ -151,6 +198,23 @@ def test_injected_exception_restarts_the_thread_and_counts(
     assert get(agent, "/healthz") == (200, "ok\n")
     wait_for(agent.ready, "ready again")
     assert sum(supervisor.restarts().values()) == 1  # only the injected thread restarted
+
+
+@pytest.mark.parametrize("thread", sorted(EXTERNAL))
+def test_injected_exception_restarts_the_external_naming_stages(
+    thread: str, supervisor: Supervisor, running: list[Agent]
+) -> None:
+    require(
+        (MAXMIND / "GeoLite2-City-Test.mmdb").is_file(),
+        "MaxMind test databases missing: run tests/fixtures/fetch_maxmind_test_dbs.sh",
+    )
+    agent = start(new_agent(supervisor, external=True), running)
+    assert restarts(agent, thread) == 0
+    works_again = EXTERNAL[thread](agent)
+    wait_for(lambda: restarts(agent, thread) == 1, f"{thread} restarted")
+    wait_for(works_again, f"{thread} working again")
+    assert get(agent, "/healthz") == (200, "ok\n")
+    assert sum(supervisor.restarts().values()) == 1
 
 
 @pytest.mark.kmock

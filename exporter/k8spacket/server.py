@@ -1,6 +1,6 @@
 """The agent's HTTP server: metrics, health, readiness, connection records.
 
-One port (DESIGN.md, "HTTP"), served by the standard library's threading
+One port (docs/design.md, "HTTP"), served by the standard library's threading
 server so a slow scrape never blocks capture (the capture runs on its own
 thread and never touches this module). Paths:
 
@@ -44,6 +44,10 @@ JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 #: (Accept, Accept-Encoding) → (body chunks, headers)
 Scrape = Callable[[str, str], tuple[list[bytes], list[tuple[str, str]]]]
+
+
+class ListenError(OSError):
+    """The HTTP port cannot be bound (one line: the address and the reason)."""
 
 
 class QueryError(ValueError):
@@ -125,7 +129,11 @@ class AgentHTTPServer:
         }
         handler = self._handler_class()
         server_class = _V6Server if ":" in host else ThreadingHTTPServer
-        self.httpd = server_class((host, port), handler)
+        try:
+            self.httpd = server_class((host, port), handler)
+        except OSError as e:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise ListenError(f"cannot listen on {where}: {e.strerror or e}") from None
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
