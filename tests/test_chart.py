@@ -538,8 +538,9 @@ def test_prometheus_rules_pass_promtool(helm: Helm, tmp_path: Path) -> None:
     assert f"SUCCESS: {len(alerts) + len(records)} rules found" in r.stdout
 
 
-def test_kernel_drops_alert_fires_in_promtool(helm: Helm, tmp_path: Path) -> None:
-    """promtool's rule unit test: the drops alert fires per node, and only there."""
+def test_alerts_fire_in_promtool_unit_tests(helm: Helm, tmp_path: Path) -> None:
+    """promtool's rule unit tests: the drops alert fires per node, and only there; the
+    exactly-once alert fires only while an agent is missing."""
     promtool = shutil.which("promtool")
     require(promtool is not None, "promtool is not installed (apt package prometheus)")
     assert promtool is not None
@@ -569,6 +570,33 @@ def test_kernel_drops_alert_fires_in_promtool(helm: Helm, tmp_path: Path) -> Non
                     },
                 }],
             }],
+        }, {
+            # records left to other agents while one agent is missing: counted by nobody
+            "interval": "1m",
+            "input_series": [
+                {"series": 'k8spacket_records_not_reported_total{node="a",reason="remote_client"}',
+                 "values": "0+5x60"},
+                {"series": 'kube_daemonset_status_desired_number_scheduled{namespace="k8spacket",daemonset="k8spacket"}',
+                 "values": "3x60"},
+                {"series": 'kube_daemonset_status_number_available{namespace="k8spacket",daemonset="k8spacket"}',
+                 "values": "3x20 2x40"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "18m", "alertname": "K8spacketRecordsNotReportedWhileAgentMissing",
+                 "exp_alerts": []},
+                {"eval_time": "50m", "alertname": "K8spacketRecordsNotReportedWhileAgentMissing",
+                 "exp_alerts": [{
+                     "exp_labels": {"severity": "warning", "team": "platform"},
+                     "exp_annotations": {
+                         "summary": "Connections left to another node's agent while some "
+                         "agents are missing",
+                         "description": "Server-side agents leave connections of remote pod "
+                         "clients to the client's agent (exactly-once rule), but agents are "
+                         "unavailable, so connections whose client runs on their nodes are "
+                         "counted by nobody (75 records left out in 15 minutes).",
+                     },
+                 }]},
+            ],
         }],
     }))  # fmt: skip
     r = subprocess.run([promtool, "test", "rules", "test.yaml"], cwd=tmp_path,
