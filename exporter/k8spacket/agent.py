@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from k8spacket.capture.bpf import compile_filter
+from k8spacket.capture.bpf import capture_programs
 from k8spacket.capture.interfaces import InterfaceFilter, InterfaceWatcher
 from k8spacket.capture.local import LocalAddresses
 from k8spacket.capture.privileges import capture_denied
@@ -106,7 +106,9 @@ class Agent:
         except (LabelPolicyError, ValueError) as e:
             raise ConfigError(f"metrics: {e}") from None
         try:
-            self.program = compile_filter(s.capture.filter, s.capture.snap_length)
+            self.program, lean_program = capture_programs(
+                s.capture.mode, s.capture.filter, s.capture.snap_length, s.capture.lean_boundary
+            )
         except ValueError as e:
             raise ConfigError(f"capture.filter: {e}") from None
         self.naming = Naming.from_settings(s, k8s)
@@ -122,11 +124,18 @@ class Agent:
             self._sink,
             close_older_than=s.tracker.close_older_than,
             flush_period=s.tracker.flush_period,
-            forget_after=s.tracker.forget_after,
+            forget_after=s.tracker.forget_after or None,
             max_connections=s.tracker.max_connections,
             is_local=self.local.is_local,
+            lean=s.capture.mode == "lean",
         )
-        self.reader = CaptureReader(self.tracker, self.local, clock=clock)
+        self.reader = CaptureReader(
+            self.tracker,
+            self.local,
+            clock=clock,
+            lean_program=lean_program,
+            lean_warmup=s.capture.lean_warmup,
+        )
         self.watcher = InterfaceWatcher(
             self.reader,
             self._open_ring,
