@@ -4,12 +4,13 @@ Threads:
 
 * ``capture``: :class:`~k8spacket.capture.reader.CaptureReader` reads every
   ring, decodes, applies the exactly-once rule, feeds the tracker and runs its
-  timer; records are published on this thread (naming by inventory, the
-  connection store, the traffic metrics: per record, never per packet).
-  A record waits ``settle`` seconds (0.25 s + the block timeout) before it is
-  published, and its ``reporter`` is decided then: rings are read a block at a
-  time, so the sending pod's ring may not have been read (and the pod not yet
-  known as local) when the tracker emitted the record;
+  timer; the tracker's records go into the publisher's bounded queue
+  (:meth:`~k8spacket.publish.Publisher.offer`, a full queue is a counted drop);
+* ``publisher``: :class:`~k8spacket.publish.Publisher` waits the settle delay
+  (0.25 s + the block timeout), decides each connection's ``reporter`` once,
+  names the record, applies the exactly-once rule across agents and the
+  Service (DNAT) pairing, and hands the record to the connection store, the
+  traffic metrics and ``record_sinks``;
 * ``interfaces``: :class:`~k8spacket.capture.interfaces.InterfaceWatcher`
   follows RTNL events and opens/closes rings;
 * ``http``: :class:`~k8spacket.server.AgentHTTPServer`;
@@ -27,14 +28,15 @@ first two name as not external. Readiness adds "Kubernetes cache synced".
 
 :meth:`Agent.run` blocks until :meth:`Agent.stop` (the CLI wires SIGTERM and
 SIGINT to it); stopping drains the rings, flushes every open connection as a
-final record and closes the server. Hooks for other parts: ``namers``
-(callables that fill identity fields of a record), ``local.set_extra`` (pod IPs
-on this node from the Kubernetes cache) and ``ready_checks``.
+final record, publishes everything queued and closes the server. Hooks for
+other parts: ``namers`` (callables that fill identity fields of a record),
+``record_sinks`` (consumers of counted records, e.g. the graph's local edge
+store), ``local.set_extra`` (pod IPs on this node from the Kubernetes cache)
+and ``ready_checks``.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -55,9 +57,11 @@ from k8spacket.flows.tracker import ConnectionTracker
 from k8spacket.metrics.capture_collector import CaptureCollector
 from k8spacket.metrics.collector import build_registry
 from k8spacket.metrics.labels import LabelPolicy, LabelPolicyError
+from k8spacket.metrics.publish_collector import PublishCollector
 from k8spacket.metrics.sources import SelfMetricSources
 from k8spacket.metrics.traffic import TrafficMetrics
 from k8spacket.nodegraph.store import ConnectionStore
+from k8spacket.publish import Publisher, RecordSink
 from k8spacket.server import AgentHTTPServer
 
 if TYPE_CHECKING:
@@ -219,8 +223,19 @@ class Agent:
         self._pods_mark: tuple[int, ...] = ()
         self.store = ConnectionStore(s.http.connection_store)
         self.local = LocalAddresses()
+        self.settle = 0.25 + s.capture.block_timeout
+        #: consumers of counted records, after the store and the traffic metrics
+        self.record_sinks: list[RecordSink] = []
+        self.publisher = Publisher(
+            is_local=self.local.is_local,
+            namers=self.namers,
+            store=self.store.add,
+            traffic=self.traffic.record,
+            record_sinks=self.record_sinks,
+            settle=self.settle,
+        )
         self.tracker = ConnectionTracker(
-            self._sink,
+            self.publisher.offer,
             close_older_than=s.tracker.close_older_than,
             flush_period=s.tracker.flush_period,
             max_connections=s.tracker.max_connections,
@@ -237,10 +252,7 @@ class Agent:
             refresh_period=s.capture.interfaces.refresh_period,
         )
         self.reader.on_ring_error = self.watcher.request_sync
-        self.reader.on_tick = self._publish_settled
-        self.settle = 0.25 + s.capture.block_timeout
         self._clock = clock
-        self._pending: collections.deque[tuple[float, ConnectionRecord]] = collections.deque()
         sources = SelfMetricSources(
             capture_packets=lambda: {n: st.packets for n, st in self._istats().items()},
             capture_drops=lambda: {n: st.drops for n, st in self._istats().items()},
@@ -257,6 +269,9 @@ class Agent:
                 self.watcher.skipped_counts,
                 lambda: {n: st.not_owner for n, st in self._istats().items()},
             )
+        )
+        self.registry.register(
+            PublishCollector(lambda: self.publisher.dropped, self.publisher.counters)
         )
         self.server = AgentHTTPServer(
             s.http.host, s.http.port, self.registry, self.store, self.ready
@@ -312,23 +327,6 @@ class Agent:
             block_timeout_ms=max(1, round(c.block_timeout * 1000)),
         )
 
-    def _sink(self, rec: ConnectionRecord) -> None:
-        self._pending.append((self._clock(), rec))
-
-    def _publish_settled(self, now: float) -> None:
-        pending = self._pending
-        before = now - self.settle
-        while pending and pending[0][0] <= before:
-            self._publish(pending.popleft()[1])
-
-    def _publish(self, rec: ConnectionRecord) -> None:
-        is_local = self.local.is_local
-        rec.reporter = "client" if is_local(rec.src) else "server" if is_local(rec.dst) else None
-        for namer in self.namers:
-            namer(rec)
-        self.store.add(rec)
-        self.traffic.record(rec)
-
     def ready(self) -> bool:
         """Capture running, interfaces listed once, every extra check true."""
         return (
@@ -344,6 +342,7 @@ class Agent:
         self.naming.start()
         threads: list[tuple[str, Callable[[], None]]] = [
             ("capture", self.reader.run),
+            ("publisher", self.publisher.run),
             ("interfaces", self.watcher.run),
         ]
         if self.naming.k8s is not None:
@@ -375,13 +374,24 @@ class Agent:
     def shutdown(self) -> None:
         self._stop.set()
         self.watcher.stop()
+        self.publisher.block()  # the final flush waits for room: no record lost
         self.reader.stop()
+        publisher = None
         for t in self._threads:
+            if t.name == "publisher":
+                publisher = t
+                continue
             t.join(timeout=10)
-        while self._pending:
-            self._publish(self._pending.popleft()[1])
+        self.publisher.close()
+        if publisher is not None:
+            publisher.join(timeout=30)
+        self.publisher.drain()  # what is left when no publisher thread ran
         self.server.stop()
         self.naming.stop()
         log.info(
-            "stopped: %d connections, %d records", self.tracker.connections, self.tracker.records
+            "stopped: %d connections, %d records, %d published, %d dropped",
+            self.tracker.connections,
+            self.tracker.records,
+            self.publisher.published,
+            self.publisher.dropped,
         )
