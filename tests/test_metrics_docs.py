@@ -13,7 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from k8spacket.metrics.labels import DEFAULT_LABELS, LabelPolicy
+from k8spacket.metrics.publish_collector import PublishCollector
 from k8spacket.metrics.traffic import TrafficMetrics
+from k8spacket.publish import NOT_REPORTED_REASONS
 from test_metrics_factories import ManualClock, collector, full_sources, rec
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
@@ -49,6 +51,7 @@ def exposed(policy: LabelPolicy) -> dict[str, tuple[str, frozenset[str]]]:
     traffic.record(rec())
     registry = CollectorRegistry()
     registry.register(collector(traffic, full_sources()))
+    registry.register(PublishCollector(lambda: 0, lambda: dict.fromkeys(NOT_REPORTED_REASONS, 0)))
     text = generate_latest(registry).decode()
     families: dict[str, tuple[str, set[str]]] = {}
     for line in text.splitlines():

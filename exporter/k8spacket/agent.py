@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from k8spacket.capture.bpf import compile_filter
-from k8spacket.capture.interfaces import InterfaceFilter, InterfaceWatcher
-from k8spacket.capture.local import LocalAddresses
+from k8spacket.capture.conntrack import ConntrackClient
+from k8spacket.capture.interfaces import InterfaceFilter, InterfaceWatcher, netlink_pod_routes
+from k8spacket.capture.local import LocalAddresses, netlink_bridge_pods
 from k8spacket.capture.reader import CaptureReader, InterfaceStats
 from k8spacket.capture.ring import PacketRing
 from k8spacket.config import SEED_GEOIP_DB_PATH, ConfigError, Settings
@@ -138,6 +139,34 @@ def build_external(
     )
 
 
+def host_pod_addresses() -> list[tuple[str, int]]:
+    """(address, ifindex) of pods as the host namespace shows them: host routes via a
+    link, and the bridges' neighbour and forwarding tables (``capture.local``)."""
+    return netlink_pod_routes() + netlink_bridge_pods()
+
+
+def build_conntrack(settings: Settings) -> ConntrackClient | None:
+    """The conntrack client for Service (DNAT) pairs, or ``None`` (``capture.conntrack``).
+
+    ``auto`` uses conntrack when the kernel lets us (``CAP_NET_ADMIN``; one
+    warning and off otherwise); ``true`` makes a refused probe a start-up error.
+    """
+    mode = settings.capture.conntrack
+    if mode == "false":
+        return None
+    client = ConntrackClient()
+    if mode == "true":
+        try:
+            client.get(("127.0.0.1", 1, "127.0.0.1", 1))
+        except OSError as e:
+            client.close()
+            raise ConfigError(
+                f"capture.conntrack: true, but conntrack cannot be read ({e.strerror}; "
+                "it needs CAP_NET_ADMIN and the nf_conntrack_netlink module)"
+            ) from None
+    return client
+
+
 @dataclass
 class Naming:
     """The identity sources of the agent, in the order they are asked."""
@@ -226,12 +255,14 @@ class Agent:
         self.settle = 0.25 + s.capture.block_timeout
         #: consumers of counted records, after the store and the traffic metrics
         self.record_sinks: list[RecordSink] = []
+        self.conntrack = build_conntrack(s)
         self.publisher = Publisher(
             is_local=self.local.is_local,
             namers=self.namers,
             store=self.store.add,
             traffic=self.traffic.record,
             record_sinks=self.record_sinks,
+            nat=self.conntrack,
             settle=self.settle,
         )
         self.tracker = ConnectionTracker(
@@ -250,6 +281,7 @@ class Agent:
             ),
             command=s.capture.interfaces.command or None,
             refresh_period=s.capture.interfaces.refresh_period,
+            list_pod_routes=host_pod_addresses,
         )
         self.reader.on_ring_error = self.watcher.request_sync
         self._clock = clock
@@ -388,6 +420,8 @@ class Agent:
         self.publisher.drain()  # what is left when no publisher thread ran
         self.server.stop()
         self.naming.stop()
+        if self.conntrack is not None:
+            self.conntrack.close()
         log.info(
             "stopped: %d connections, %d records, %d published, %d dropped",
             self.tracker.connections,

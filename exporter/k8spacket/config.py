@@ -53,6 +53,8 @@ class CaptureSettings:
     block_timeout: float = 0.02
     snap_length: int = 96
     filter: str = "tcp"
+    #: conntrack lookups to pair Service (DNAT) tuples: auto (when permitted), true, false
+    conntrack: str = "auto"
 
 
 @dataclass
@@ -258,6 +260,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("capture.block_timeout", "capture.blockTimeout", _duration),
     FieldSpec("capture.snap_length", "capture.snapLength", _int_range(64, 65535)),
     FieldSpec("capture.filter", "capture.filter", _text),
+    FieldSpec("capture.conntrack", "capture.conntrack", _choice("auto", "true", "false")),
     FieldSpec(
         "tracker.flush_period",
         "tracker.flushPeriod",

@@ -20,7 +20,8 @@ forgotten the connection (checked at every sweep) or the interface closed.
 
 The source address of every packet arriving *from* a pod (not
 ``PACKET_OUTGOING`` on its host-side veth) is learned as a local pod address
-(:mod:`k8spacket.capture.local`); that decides ``reporter``.
+(:mod:`k8spacket.capture.local`), also when another ring owns the connection;
+that decides ``reporter``.
 
 Rings are handed over with :meth:`attach` and taken back with :meth:`detach`
 from any thread; both are applied by the loop thread (a ring is unmapped only
@@ -272,6 +273,10 @@ class CaptureReader:
                     key = r[0]
                     half = r[1]
                     rev = ((key & ((1 << half) - 1)) << half) | (key >> half)
+                    if mv[off + PKTTYPE_OFFSET] != 4:  # not PACKET_OUTGOING: from the pod
+                        src = key >> (half + 16)  # learned whichever ring owns the connection
+                        if src not in learned:
+                            learned[src] = ifindex
                     o = owner.get(key if key < rev else rev)
                     if o is None:
                         owner[key if key < rev else rev] = ifindex
@@ -279,10 +284,6 @@ class CaptureReader:
                         not_owner += 1
                         off += nxt
                         continue
-                    if mv[off + PKTTYPE_OFFSET] != 4:  # not PACKET_OUTGOING: from the pod
-                        src = key >> (half + 16)
-                        if src not in learned:
-                            learned[src] = ifindex
                     add(sec + nsec * 1e-9, r)
                 else:
                     skips[r] += 1  # type: ignore[index]
