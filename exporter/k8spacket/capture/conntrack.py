@@ -103,9 +103,9 @@ def _attrs(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(type, payload start, payload end) of each attribute in ``buf[start:end]``."""
     while start + _nlattr.size <= end:
         length, kind = _nlattr.unpack_from(buf, start)
-        if length < _nlattr.size:
-            return
-        yield kind & NLA_TYPE_MASK, start + _nlattr.size, min(start + length, end)
+        if length < _nlattr.size or start + length > end:
+            return  # malformed or cut short: what follows is not trusted
+        yield kind & NLA_TYPE_MASK, start + _nlattr.size, start + length
         start += (length + 3) & ~3
 
 
@@ -117,6 +117,8 @@ def decode_tuple(buf: bytes, start: int, end: int) -> Tuple | None:
             for k, x, y in _attrs(buf, a, b):
                 if k in (CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST):
                     fam = socket.AF_INET if k in (CTA_IP_V4_SRC, CTA_IP_V4_DST) else socket.AF_INET6
+                    if y - x != (4 if fam == socket.AF_INET else 16):
+                        return None
                     text = socket.inet_ntop(fam, buf[x:y])
                     if k in (CTA_IP_V4_SRC, CTA_IP_V6_SRC):
                         src = text
