@@ -56,9 +56,9 @@ whose client and backend are both on this node is counted twice.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -76,7 +76,8 @@ Clock = Callable[[], float]
 NOT_REPORTED_REASONS: tuple[str, ...] = ("remote_client_pod", "service_backend_view")
 DEFAULT_CAPACITY = 65_536
 DEFAULT_MAX_DECISIONS = 1_000_000
-_SENTINEL = None
+#: how often an idle publisher looks at its queue (records wait ``settle`` anyway)
+POLL = 0.02
 #: at shutdown, how long ``offer`` waits for room before it counts a drop after all
 BLOCKING_PUT_TIMEOUT = 10.0
 
@@ -139,9 +140,11 @@ class Publisher:
         self.settle = settle
         self.max_decisions = max_decisions
         self._clock = clock
-        self._queue: queue.Queue[tuple[float, ConnectionRecord] | None] = queue.Queue(capacity)
+        self.capacity = capacity
+        self._queue: collections.deque[tuple[float, ConnectionRecord]] = collections.deque()
         self._decisions: dict[tuple[str, int, str, int], Decision] = {}
         self._closing = threading.Event()  # no more settle delay
+        self._closed = threading.Event()  # run() returns once the queue is empty
         self._blocking = threading.Event()  # offer() waits for room instead of dropping
         self._lock = threading.Lock()  # guards the counters for readers on other threads
         #: records dropped because the queue was full
@@ -156,19 +159,27 @@ class Publisher:
 
     # ---------------------------------------------------------- capture side
     def offer(self, rec: ConnectionRecord) -> None:
-        """The tracker's sink (capture thread): queue ``rec``, or count a drop."""
-        item = (self._clock(), rec)
-        try:
-            if self._blocking.is_set():  # shutdown: wait for room rather than lose a record
-                self._queue.put(item, timeout=BLOCKING_PUT_TIMEOUT)
-            else:
-                self._queue.put_nowait(item)
-        except queue.Full:
-            with self._lock:
-                self.dropped += 1
+        """The tracker's sink (capture thread): queue ``rec``, or count a drop.
+
+        A deque append (atomic in CPython) behind a length check: no lock, no
+        wake-up call; the publisher polls every ``POLL`` seconds when idle.
+        """
+        q = self._queue
+        if len(q) < self.capacity:
+            q.append((self._clock(), rec))
+            return
+        if self._blocking.is_set():  # shutdown: wait for room rather than lose a record
+            deadline = time.monotonic() + BLOCKING_PUT_TIMEOUT
+            while len(q) >= self.capacity and time.monotonic() < deadline:
+                time.sleep(POLL)
+            if len(q) < self.capacity:
+                q.append((self._clock(), rec))
+                return
+        with self._lock:
+            self.dropped += 1
 
     def queued(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     def counters(self) -> dict[str, int]:
         """reason → records not reported (a copy, for the metrics)."""
@@ -178,17 +189,22 @@ class Publisher:
     # ------------------------------------------------------- publisher side
     def run(self) -> None:
         """The publisher loop; returns once :meth:`close` was called and the queue is empty."""
-        get = self._queue.get
+        q = self._queue
         closing = self._closing
+        clock = self._clock
         try:
             while True:
-                item = get()
-                if item is _SENTINEL:
-                    break
-                t, rec = item
-                wait = t + self.settle - self._clock()
+                if not q:
+                    if self._closed.is_set():
+                        break
+                    closing.wait(POLL)
+                    continue
+                t, rec = q[0]
+                wait = t + self.settle - clock()
                 if wait > 0 and not closing.is_set():
                     closing.wait(wait)
+                    continue
+                q.popleft()
                 self.publish(rec)
         finally:
             self.finished.set()
@@ -203,20 +219,17 @@ class Publisher:
         Call after the capture thread has flushed its last records into :meth:`offer`.
         """
         self._blocking.set()
+        self._closed.set()
         self._closing.set()
-        self._queue.put(_SENTINEL)
 
     def drain(self) -> int:
         """Publish every queued record now, on the calling thread (when no thread runs)."""
         n = 0
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return n
-            if item is not _SENTINEL:
-                self.publish(item[1])
-                n += 1
+        q = self._queue
+        while q:
+            self.publish(q.popleft()[1])
+            n += 1
+        return n
 
     def publish(self, rec: ConnectionRecord) -> None:
         """Name one record, apply the connection's decision, hand it on."""
