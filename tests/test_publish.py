@@ -144,6 +144,14 @@ def test_unnamed_service_address_is_the_dst_service() -> None:
     assert counted[0].dst_service == "10.96.7.7"
 
 
+def test_a_hostport_dnat_to_a_pod_is_not_a_service() -> None:
+    # the address before DNAT (10.244.1.5:8080) is named a pod, not a Service
+    nat = FakeNat({("81.2.69.142", 5000, "10.244.1.6", 80): ("10.244.1.5", 8080, "10.244.1.6", 80)})
+    pub, _, counted = make(nat=nat)
+    pub.publish(rec(src="81.2.69.142", src_port=5000, dst="10.244.1.6", dst_port=80))
+    assert (counted[0].dst, counted[0].dst_service) == ("10.244.1.6", "")
+
+
 def test_nat_errors_are_counted_and_the_record_still_published() -> None:
     class Broken:
         def original_destination(self, *a: Any) -> None:

@@ -42,7 +42,8 @@ or the inventory, and not local). Such records still go to the connection store
 destination-NATed (client → ClusterIP:port became client → backend:port), the
 record is rewritten to the backend (``dst``, ``dst_port``) and ``dst_service``
 is set to the name of the ClusterIP (from the naming chain; its address when
-nothing names it). Both names stay: ``dst_*`` is the backend, ``dst_service``
+nothing names it; empty when the address before DNAT is named as something
+else than a Service, such as a node's hostPort). Both names stay: ``dst_*`` is the backend, ``dst_service``
 the Service.
 
 :meth:`close` (shutdown) publishes everything still queued without waiting for
@@ -329,4 +330,6 @@ class Publisher:
             namer(probe)
         if probe.dst_kind == "service" and probe.dst_name:
             return probe.dst_name
-        return vip
+        if probe.dst_kind in ("", "unknown"):
+            return vip  # an unnamed ClusterIP: its address says which Service
+        return ""  # a DNAT to a node or a pod address (a hostPort) is not a Service
