@@ -423,9 +423,10 @@ class Agent:
         if self.conntrack is not None:
             self.conntrack.close()
         log.info(
-            "stopped: %d connections, %d records, %d published, %d dropped",
+            "stopped: %d connections, %d records, %d published, %d dropped, %d conntrack errors",
             self.tracker.connections,
             self.tracker.records,
             self.publisher.published,
             self.publisher.dropped,
+            self.publisher.nat_errors,
         )

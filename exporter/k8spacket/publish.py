@@ -50,7 +50,8 @@ the Service.
 the settle delay, so no record is lost at SIGTERM: while closing, ``offer``
 blocks instead of dropping.
 
-Limits: the queue holds ``capacity`` records (default 65,536); the decisions
+Limits: the queue holds ``capacity`` records (default 65,536); a dropped final
+record leaves its connection counted open (the drop is counted); the decisions
 map is bounded; without conntrack (no ``CAP_NET_ADMIN``) a Service connection
 whose client and backend are both on this node is counted twice.
 """
@@ -292,7 +293,9 @@ class Publisher:
         except OSError as e:
             with self._lock:
                 self.nat_errors += 1
-            log.debug("conntrack lookup failed: %s", e)
+            (log.warning if self.nat_errors == 1 else log.debug)(
+                "conntrack lookup failed (the connection is taken as not NATed): %s", e
+            )
             return decision
         if nat is None:
             return decision
