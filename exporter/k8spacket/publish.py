@@ -1,6 +1,6 @@
 """The publisher: tracker records in, named and counted-once records out, on one thread.
 
-Data flows one way (DESIGN.md, "Data flow")::
+Data flows one way (docs/design.md, "Data flow")::
 
     tracker ─► offer() ─► bounded queue ─► publisher thread ─┬─► connection store (every record)
     (capture thread)      (full: counted drop)               ├─► traffic metrics  (counted records)
@@ -26,7 +26,7 @@ through kube-proxy's DNAT. Later records of the connection reuse the decision,
 so a connection is never half counted. The decision is forgotten on the final
 record; at most ``max_decisions`` are kept (the oldest go first).
 
-**Exactly-once rule** (DESIGN.md, "Exactly-once accounting"): the agent on the
+**Exactly-once rule** (docs/design.md, "Exactly-once accounting"): the agent on the
 server's node stays silent in the metrics and ``record_sinks`` when the client
 is a pod that is not on this node (named ``kind: pod`` by the Kubernetes cache
 or the inventory, and not local). Such records still go to the connection store
