@@ -11,7 +11,9 @@ over both agents in Prometheus can be compared with what the TCP clients did,
 exactly, scenario by scenario: same-node, cross-node both ways, pod→node,
 node→pod, internet→pod, pod→internet, refused (same-node and cross-node) and
 Service connections through DNAT (same-node, cross-node both ways). The open
-connections gauge sums to 0 once everything has closed.
+connections gauge sums to 0 once everything has closed. A second test: a pooled
+connection idle past ``closeOlderThan`` and reused (the tracker's dormant rule,
+``tracker.forgetAfter``) is one connection, and counts as open while it idles.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import pytest
 
 from agentproc import AgentProc
 from conftest import require_tool
-from k8spacket.config import FIELDS
 from netlab import NetLab, Node, Pod, tcptool_argv
 from promserver import PrometheusServer
 
@@ -209,10 +210,6 @@ def test_sum_over_agents_counts_every_connection_once(lab: NetLab, tmp_path: Pat
             agent.close()
 
 
-@pytest.mark.skipif(
-    not any(f.yaml == "tracker.forgetAfter" for f in FIELDS),
-    reason="needs the tracker's dormant rule (tracker.forgetAfter)",
-)
 def test_a_pooled_connection_idle_past_close_older_than_is_one_connection(
     lab: NetLab, tmp_path: Path
 ) -> None:
