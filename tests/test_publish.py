@@ -152,6 +152,28 @@ def test_a_hostport_dnat_to_a_pod_is_not_a_service() -> None:
     assert (counted[0].dst, counted[0].dst_service) == ("10.244.1.6", "")
 
 
+def test_conntrack_is_asked_only_when_it_can_change_something() -> None:
+    nat = FakeNat({})
+    pub, _, _ = make(nat=nat)
+    for src, dst in (
+        ("10.244.1.5", "10.244.2.7"),  # to a pod of another node: no Service
+        ("10.244.2.7", "10.244.1.6"),
+    ):  # from one: left out by the rule anyway
+        pub.publish(rec(src=src, dst=dst))
+    assert nat.asked == []
+    for src, dst in (
+        ("10.244.1.5", "10.96.0.10"),  # to a Service
+        ("10.244.1.5", "10.244.1.6"),  # same node: maybe a Service's backend view
+        ("192.168.0.2", "10.244.1.6"),
+    ):  # unnamed client: maybe via a Service here
+        pub.publish(rec(src=src, dst=dst))
+    assert [(a[0], a[2]) for a in nat.asked] == [
+        ("10.244.1.5", "10.96.0.10"),
+        ("10.244.1.5", "10.244.1.6"),
+        ("192.168.0.2", "10.244.1.6"),
+    ]
+
+
 def test_nat_errors_are_counted_and_the_record_still_published() -> None:
     class Broken:
         def original_destination(self, *a: Any) -> None:

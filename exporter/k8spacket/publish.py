@@ -38,7 +38,9 @@ or the inventory, and not local). Such records still go to the connection store
   Service connection whose pre-DNAT view (client → ClusterIP) this agent
   captures on the client's own interface and counts; it is not stored either.
 
-**Service connections.** When conntrack says that the tuple of a record was
+**Service connections.** Once per connection, when it can matter (see
+:func:`_may_be_nat`: the destination is named a Service or nothing, or is a
+pod of this node), the publisher asks conntrack. When conntrack says that the tuple of a record was
 destination-NATed (client → ClusterIP:port became client → backend:port), the
 record is rewritten to the backend (``dst``, ``dst_port``) and ``dst_service``
 is set to the name of the ClusterIP (from the naming chain; its address when
@@ -105,8 +107,6 @@ class Decision:
     silent: str | None = None
     #: (backend address, backend port) the record is rewritten to, for a pre-DNAT view
     backend: tuple[str, int] | None = None
-    #: the Service address and port the client asked for (pre-DNAT or post-DNAT view)
-    service_addr: tuple[str, int] | None = None
     #: the name written to ``dst_service``
     service: str = ""
     #: False for the post-DNAT view left out of the store too
@@ -237,33 +237,20 @@ class Publisher:
         """Name one record, apply the connection's decision, hand it on."""
         key = (rec.src, rec.src_port, rec.dst, rec.dst_port)
         decision = self._decisions.get(key)
-        new = decision is None
         if decision is None:
-            decision = self._decide(rec)
+            decision = self._decide(rec)  # names the record too
             if not rec.final:
                 if len(self._decisions) >= self.max_decisions:
                     del self._decisions[next(iter(self._decisions))]
                 self._decisions[key] = decision
-        elif rec.final:
-            del self._decisions[key]
+        else:
+            if rec.final:
+                del self._decisions[key]
+            if decision.backend is not None:
+                rec.dst, rec.dst_port = decision.backend
+            self._name(rec)
         rec.reporter = decision.reporter
-        if decision.backend is not None:
-            rec.dst, rec.dst_port = decision.backend
-        for namer in self.namers:
-            namer(rec)
-        if decision.service_addr is not None:
-            if not decision.service:
-                decision.service = self._service_name(rec, *decision.service_addr)
-            rec.dst_service = decision.service
-        if (
-            new
-            and decision.silent is None
-            and decision.reporter == "server"
-            and (rec.src_kind == "pod")
-        ):
-            # the client is a pod but not local (else reporter would be "client"):
-            # the agent on that pod's node reports the connection
-            decision.silent = "remote_client_pod"
+        rec.dst_service = decision.service
         if decision.store and self.store is not None:
             self.store(rec)
         silent = decision.silent
@@ -278,16 +265,34 @@ class Publisher:
         for sink in self.record_sinks:
             sink(rec)
 
+    def _name(self, rec: ConnectionRecord) -> None:
+        for namer in self.namers:
+            namer(rec)
+
     # ------------------------------------------------------------ deciding
     def _decide(self, rec: ConnectionRecord) -> Decision:
+        """A connection's first record: locality, naming, conntrack, the rule."""
         is_local = self.is_local
         src_local = is_local(rec.src)
-        reporter: Reporter | None = (
-            "client" if src_local else "server" if is_local(rec.dst) else None
-        )
+        dst_local = is_local(rec.dst)
+        reporter: Reporter | None = "client" if src_local else "server" if dst_local else None
         decision = Decision(reporter)
-        if self.nat is None:
-            return decision
+        self._name(rec)
+        if self.nat is not None and _may_be_nat(rec, src_local, dst_local):
+            self._nat(rec, decision, src_local)
+        if decision.backend is not None:
+            rec.dst, rec.dst_port = decision.backend
+            _clear_dst_names(rec)
+            self._name(rec)
+        if decision.silent is None and decision.reporter == "server" and rec.src_kind == "pod":
+            # the client is a pod but not local (else reporter would be "client"):
+            # the agent on that pod's node reports the connection
+            decision.silent = "remote_client_pod"
+        return decision
+
+    def _nat(self, rec: ConnectionRecord, decision: Decision, src_local: bool) -> None:
+        """Ask conntrack whether the connection went through a DNAT; note what it means."""
+        assert self.nat is not None
         try:
             nat = self.nat.original_destination(rec.src, rec.src_port, rec.dst, rec.dst_port)
         except OSError as e:
@@ -296,22 +301,24 @@ class Publisher:
             (log.warning if self.nat_errors == 1 else log.debug)(
                 "conntrack lookup failed (the connection is taken as not NATed): %s", e
             )
-            return decision
+            return
         if nat is None:
-            return decision
+            return
         vip, vport, backend, bport = nat
-        decision.service_addr = (vip, vport)
         if (rec.dst, rec.dst_port) == (vip, vport):
-            # the client's side, before DNAT: this is the view that counts
+            # the client's side, before DNAT: this is the view that counts; the
+            # record is named already, so the Service's name is at hand
             decision.backend = (backend, bport)
-            if not src_local and is_local(backend):
+            decision.service = _service_name(rec.dst_kind, rec.dst_name, vip)
+            if not src_local and self.is_local(backend):
                 decision.reporter = "server"
-        elif src_local:
+            return
+        decision.service = self._service_name(rec, vip, vport)
+        if src_local:
             # the backend's side, after DNAT; the client's own interface on this
             # node shows the pre-DNAT view, which is the one counted
             decision.silent = "service_backend_view"
             decision.store = False
-        return decision
 
     def _service_name(self, rec: ConnectionRecord, vip: str, vport: int) -> str:
         """The name of the Service address, from the same naming chain as the records."""
@@ -329,10 +336,43 @@ class Publisher:
             start=rec.start,
             end=rec.end,
         )
-        for namer in self.namers:
-            namer(probe)
-        if probe.dst_kind == "service" and probe.dst_name:
-            return probe.dst_name
-        if probe.dst_kind in ("", "unknown"):
-            return vip  # an unnamed ClusterIP: its address says which Service
-        return ""  # a DNAT to a node or a pod address (a hostPort) is not a Service
+        self._name(probe)
+        return _service_name(probe.dst_kind, probe.dst_name, vip)
+
+
+def _service_name(kind: str, name: str, vip: str) -> str:
+    if kind == "service" and name:
+        return name
+    if kind in ("", "unknown"):
+        return vip  # an unnamed ClusterIP: its address says which Service
+    return ""  # a DNAT to a node or a pod address (a hostPort) is not a Service
+
+
+#: kinds a Service address can be named as (a ClusterIP, or an address nothing names)
+_MAYBE_SERVICE = frozenset({"service", "unknown", ""})
+#: clients not on this node whose connection to a local pod may come through a DNAT
+#: here and needs ``dst_service``: the node itself, a hostNetwork process, unnamed ones
+_MAYBE_NAT_CLIENT = frozenset({"node", "host", "unknown", ""})
+
+
+def _may_be_nat(rec: ConnectionRecord, src_local: bool, dst_local: bool) -> bool:
+    """Whether a conntrack lookup can change anything for this (named) connection.
+
+    The client's view of a Service has a destination named a Service or not
+    named at all. The backend's view has a local pod as destination; it matters
+    when it must be left out (the client is a pod of this node) or named
+    (``dst_service`` for a node or hostNetwork client); a pod of another node as
+    client is left out by the exactly-once rule anyway, and the internet
+    reaches Services through a node (NodePort, SNAT) or not at all.
+    """
+    if not dst_local:
+        return rec.dst_kind in _MAYBE_SERVICE
+    if src_local:
+        return True
+    return rec.src_kind in _MAYBE_NAT_CLIENT
+
+
+def _clear_dst_names(rec: ConnectionRecord) -> None:
+    rec.dst_name = rec.dst_namespace = rec.dst_workload = ""
+    rec.dst_kind = ""
+    rec.dst_org = rec.dst_country = ""
