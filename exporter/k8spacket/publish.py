@@ -6,11 +6,11 @@ Data flows one way (docs/design.md, "Data flow")::
     (capture thread)      (full: counted drop)               ├─► traffic metrics  (counted records)
                                                              └─► record_sinks     (counted records)
 
-The capture thread only calls :meth:`Publisher.offer` (a ``put_nowait``); a
-full queue drops the record and counts it in ``dropped``
-(``k8spacket_publish_dropped_total``). Naming, the exactly-once rule, the
-store and the metrics all run on the publisher thread, so the rings are drained
-whatever a scrape or a lookup costs.
+The capture thread only calls :meth:`Publisher.offer` (a deque append behind a
+length check, about 1 µs); a full queue drops the record and counts it in
+``dropped`` (``k8spacket_publish_dropped_total``). Naming, the exactly-once
+rule, conntrack, the store and the metrics all run on the publisher thread, so
+the rings are drained whatever a scrape or a lookup costs.
 
 **Settle delay.** A record waits ``settle`` seconds after the tracker emitted it
 before it is published. Rings are read a block at a time, so the sending pod's
@@ -40,13 +40,13 @@ or the inventory, and not local). Such records still go to the connection store
 
 **Service connections.** Once per connection, when it can matter (see
 :func:`_may_be_nat`: the destination is named a Service or nothing, or is a
-pod of this node), the publisher asks conntrack. When conntrack says that the tuple of a record was
-destination-NATed (client → ClusterIP:port became client → backend:port), the
-record is rewritten to the backend (``dst``, ``dst_port``) and ``dst_service``
-is set to the name of the ClusterIP (from the naming chain; its address when
-nothing names it; empty when the address before DNAT is named as something
-else than a Service, such as a node's hostPort). Both names stay: ``dst_*`` is the backend, ``dst_service``
-the Service.
+pod of this node), the publisher asks conntrack. When the tuple of a record
+was destination-NATed (client → ClusterIP:port became client → backend:port),
+the record is rewritten to the backend (``dst``, ``dst_port``, named again)
+and ``dst_service`` is set to the name of the ClusterIP (from the naming
+chain; its address when nothing names it; empty when the address before DNAT
+is named as something else than a Service, such as a node's hostPort). Both
+names stay: ``dst_*`` is the backend, ``dst_service`` the Service.
 
 :meth:`close` (shutdown) publishes everything still queued without waiting for
 the settle delay, so no record is lost at SIGTERM: while closing, ``offer``
