@@ -10,7 +10,7 @@ PYTHON ?= $(VENV)/bin/python
 BIN := $(dir $(PYTHON))
 export VENV PYTHON
 
-.PHONY: deps deps-runtime test lint typecheck pytest bench demo lock
+.PHONY: deps deps-runtime test lint typecheck pytest bench demo lock dashboards plugin
 
 deps:
 	./scripts/install-deps.sh
@@ -49,3 +49,12 @@ lock:
 	$(PYTHON) -m pip install -q --disable-pip-version-check "pip-tools==7.6.2"
 	CUSTOM_COMPILE_COMMAND="make lock" $(PYTHON) -m piptools compile --quiet --upgrade --generate-hashes --strip-extras \
 		--no-emit-index-url --no-emit-find-links --output-file requirements.lock pyproject.toml
+
+# Regenerate the dashboards, their ConfigMaps, the chart's copies and the app
+# plugin manifest from dashboards-gen/templates (commit the result).
+dashboards:
+	$(PYTHON) -m k8spacket.cli dashboards
+
+# The Grafana app plugin bundle: dist/k8spacket-app-<version>.zip
+plugin: dashboards
+	$(PYTHON) -m k8spacket.cli dashboards --plugin-zip dist

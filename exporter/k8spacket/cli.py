@@ -133,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
+    dg = sub.add_parser(
+        "dashboards",
+        help="regenerate the Grafana dashboards, their ConfigMaps and the app plugin manifest",
+        description="Render dashboards-gen/templates into grafana-provisioning/ and the chart.",
+    )
+    dg.add_argument("--root", metavar="DIR", help="source checkout (default: found from here)")
+    dg.add_argument("--check", action="store_true", help="only report stale files (exit 1)")
+    dg.add_argument("--plugin-zip", metavar="DIR", help="also pack the app plugin zip into DIR")
+
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -145,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_replay(args)
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "dashboards":
+            return cmd_dashboards(args)
         if args.command == "version":
             print(f"k8spacket {__version__}")
             return 0
@@ -189,6 +200,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
     agent.run()
+    return 0
+
+
+# ------------------------------------------------------------------ dashboards
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from k8spacket import dashboards
+
+    try:
+        root = (
+            dashboards.find_root(Path(args.root), explicit=True)
+            if args.root
+            else dashboards.find_root(Path.cwd())
+        )
+        if args.check:
+            stale = dashboards.stale_files(root)
+            for rel in stale:
+                print(f"k8spacket: stale: {rel}", file=sys.stderr)
+            return EXIT_INPUT if stale else 0
+        for rel in dashboards.write_all(root):
+            print(f"wrote {rel}")
+        if args.plugin_zip:
+            print(f"wrote {dashboards.plugin_zip(root, Path(args.plugin_zip))}")
+    except dashboards.GeneratorError as e:
+        raise UserError(str(e), EXIT_INPUT) from None
     return 0
 
 
