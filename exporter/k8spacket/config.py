@@ -56,6 +56,8 @@ class CaptureSettings:
     mode: str = "lean"  # lean | full (docs/capture.md)
     lean_boundary: int = 1 << 16  # bytes of sequence space; a power of two
     lean_warmup: float = 30.0  # full capture after a ring opens, then lean
+    #: conntrack lookups to pair Service (DNAT) tuples: auto (when permitted), true, false
+    conntrack: str = "auto"
 
 
 @dataclass
@@ -281,6 +283,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("capture.mode", "capture.mode", _choice("lean", "full")),
     FieldSpec("capture.lean_boundary", "capture.leanBoundary", _size),
     FieldSpec("capture.lean_warmup", "capture.leanWarmup", _duration_or_zero),
+    FieldSpec("capture.conntrack", "capture.conntrack", _choice("auto", "true", "false")),
     FieldSpec(
         "tracker.flush_period",
         "tracker.flushPeriod",
