@@ -64,7 +64,7 @@ class CaptureSettings:
 class TrackerSettings:
     flush_period: float = 10.0
     close_older_than: float = 20.0
-    forget_after: float = 0.0  # 0: 10 minutes, or closeOlderThan when that is longer
+    forget_after: float = 600.0  # never shorter than close_older_than (raised to it)
     max_connections: int = 500_000
 
 
@@ -298,7 +298,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "tcp.assembler.flushing.closeOlderThanDuration",
         ("K8S_PACKET_TCP_ASSEMBLER_FLUSHING_CLOSE_OLDER_THAN_DURATION",),
     ),
-    FieldSpec("tracker.forget_after", "tracker.forgetAfter", _duration_or_zero),
+    FieldSpec("tracker.forget_after", "tracker.forgetAfter", _duration),
     FieldSpec("tracker.max_connections", "tracker.maxConnections", _int_range(1, 100_000_000)),
     FieldSpec(
         "metrics.hide_source_port",
@@ -486,11 +486,11 @@ def validate(settings: Settings) -> None:
             f"capture.leanBoundary: must be a power of two from 4KiB to 1GiB, got {b}"
         )
     t = settings.tracker
-    if t.forget_after and t.forget_after < t.close_older_than:
-        raise ConfigError(
-            "tracker.forgetAfter: must be at least tracker.closeOlderThan "
-            f"({t.forget_after:g}s < {t.close_older_than:g}s)"
-        )
+    if t.forget_after < t.close_older_than:
+        # a dormant connection cannot be forgotten before it is dormant: equal
+        # values are the old "idle means closed" rule, and a long seed timeout
+        # (closeOlderThanDuration: 30m) keeps starting with the default
+        t.forget_after = t.close_older_than
     if "src_port" in settings.metrics.labels and settings.metrics.hide_source_port:
         raise ConfigError("metrics.labels: src_port needs metrics.hideSourcePort: false")
     if settings.http.graph_source == "prometheus" and not settings.http.prometheus_url:
