@@ -371,7 +371,7 @@ def test_live_rings_in_both_modes(veth_pair: Pair, server: None) -> None:
                 LIVE,
                 mode,
                 veth_pair.client_if,
-            ],  # fmt: skip
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
