@@ -57,6 +57,8 @@ from k8spacket.metrics.collector import build_registry
 from k8spacket.metrics.labels import LabelPolicy, LabelPolicyError
 from k8spacket.metrics.sources import SelfMetricSources
 from k8spacket.metrics.traffic import TrafficMetrics
+from k8spacket.nodegraph.api import graph_api_from_settings
+from k8spacket.nodegraph.local import LocalGraphStore
 from k8spacket.nodegraph.store import ConnectionStore
 from k8spacket.server import AgentHTTPServer
 
@@ -132,6 +134,26 @@ def build_external(
         reverse_dns=reverse_dns_lookup if e.reverse_dns else None,
         start=False,
     )
+
+
+def graph_peers(settings: Settings, cache: K8sCache | None) -> Callable[[], list[str]] | None:
+    """The agents the ``agents`` graph source asks: the DaemonSet's pods, listed per question.
+
+    ``None`` without a Kubernetes cache (a static ``graph.peers`` list is handled by
+    the graph API itself). Pods are hostNetwork, so a pod's address is its node's.
+    """
+    if cache is None:
+        return None
+    from k8spacket.enrich.k8s import list_agent_addresses
+
+    g = settings.graph
+    port = g.peer_port or settings.http.port
+
+    def peers() -> list[str]:
+        ips = list_agent_addresses(cache.api_client, g.peer_namespace, g.peer_selector)
+        return [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
+
+    return peers
 
 
 @dataclass
@@ -258,8 +280,22 @@ class Agent:
                 lambda: {n: st.not_owner for n, st in self._istats().items()},
             )
         )
+        self.graph_store = LocalGraphStore(s.graph.window, s.graph.bucket)
+        self.graph = graph_api_from_settings(
+            s,
+            self.graph_store,
+            peers=graph_peers(s, self.naming.k8s),
+            in_cluster=self.naming.k8s is not None,
+            node=self.node_name,
+            clock=clock,
+        )
         self.server = AgentHTTPServer(
-            s.http.host, s.http.port, self.registry, self.store, self.ready
+            s.http.host,
+            s.http.port,
+            self.registry,
+            self.store,
+            self.ready,
+            raw_routes=self.graph.routes(),
         )
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -327,6 +363,7 @@ class Agent:
         for namer in self.namers:
             namer(rec)
         self.store.add(rec)
+        self.graph_store.add(rec)
         self.traffic.record(rec)
 
     def ready(self) -> bool:

@@ -1,0 +1,424 @@
+"""The three views: an :class:`~.edges.EdgeSet` in, Node Graph API fields and data out.
+
+:func:`build_graph` filters the edges (``namespace``, ``include``, ``exclude``),
+groups their ends at the query's ``level`` and answers
+``(fields, data)``: ``fields`` is ``{"nodes_fields": [...], "edges_fields":
+[...]}`` and ``data`` is ``{"nodes": [...], "edges": [...]}``, every row
+carrying exactly the declared field names (the datasource drops undeclared
+keys, so nothing is sent that is not declared, and nothing declared is left
+out). docs/nodegraph.md has the table of every field.
+
+Views (``stats-type``); node numbers describe the node as a *server* (what
+came in), as upstream's did:
+
+* ``connection``: a health ring (arcs: ended well, i.e. FIN or still open /
+  reset / failed, i.e. refused or unanswered), connections per second and the
+  failed share; edges coloured by failed share, as thick as their rate;
+* ``bytes``: bytes received from clients and answered back, per second, the
+  arcs their split; edges sent/received per second, as thick as their volume;
+* ``duration``: average and 95th percentile (from the duration histogram) of
+  connection lifetime, arcs short (< 1 s) / medium (< 1 min) / long; edges with
+  the average handshake time.
+
+Every node has arcs summing to 1: a node with nothing to show (a client only,
+or no connection ended) gets the grey ``arc__none`` = 1. Titles are never
+empty (an unnamed end is ``unknown``, as in the metrics), ids are unique and
+every edge's ends are nodes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from k8spacket.metrics.labels import UNKNOWN
+from k8spacket.nodegraph.edges import (
+    BUCKETS0,
+    CONNECTIONS,
+    DURATION_SUM,
+    FAILED,
+    HS_COUNT,
+    HS_SUM,
+    RECEIVED,
+    RESET,
+    SENT,
+    WIDTH,
+    EdgeSet,
+    End,
+    ended,
+    quantile,
+)
+from k8spacket.nodegraph.query import GraphQuery
+
+Field = dict[str, str]
+Row = dict[str, Any]
+Fields = dict[str, list[Field]]
+Data = dict[str, Any]
+
+GREEN, YELLOW, ORANGE, RED, BLUE, PURPLE, GREY = (
+    "#73bf69",
+    "#fade2a",
+    "#ff9830",
+    "#f2495c",
+    "#5794f2",
+    "#b877d9",
+    "#8e8e8e",
+)
+KIND_COLORS = {
+    "pod": BLUE,
+    "service": PURPLE,
+    "node": GREY,
+    "host": GREY,
+    "external": ORANGE,
+    "unknown": GREY,
+}
+#: duration classes of the ``duration`` view's arcs: bucket index ranges (< 1 s, < 1 min)
+_SHORT_END = BUCKETS0 + 6  # buckets up to le=1
+_MEDIUM_END = BUCKETS0 + 9  # buckets up to le=60
+
+
+def _f(name: str, kind: str = "string", display: str = "", color: str = "") -> Field:
+    field = {"field_name": name, "type": kind}
+    if display:
+        field["displayName"] = display
+    if color:
+        field["color"] = color
+    return field
+
+
+def _n(name: str, display: str, color: str = "") -> Field:
+    return _f(name, "number", display, color)
+
+
+_NODE_HEAD = [_f("id"), _f("title"), _f("subTitle")]
+_NODE_DETAILS = [
+    _f("detail__kind", display="Kind"),
+    _f("detail__namespace", display="Namespace"),
+    _f("detail__workload", display="Workload"),
+    _f("detail__addresses", display="Addresses (a few)"),
+    _f("detail__ports", display="Ports served"),
+    _f("detail__organisation", display="Organisation"),
+    _f("detail__country", display="Country"),
+    _f("detail__source", display="Graph source"),
+    _f("color"),
+]
+_EDGE_HEAD = [_f("id"), _f("source"), _f("target")]
+_EDGE_TAIL = [
+    _n("thickness", "Thickness"),
+    _f("color"),
+    _f("detail__ports", display="Server ports"),
+    _n("detail__connections", "Connections (window)"),
+    _n("detail__sent_bytes", "Sent bytes (window)"),
+    _n("detail__received_bytes", "Received bytes (window)"),
+]
+
+NODE_FIELDS: dict[str, list[Field]] = {
+    "connection": [
+        *_NODE_HEAD,
+        _n("mainStat", "Connections in /s"),
+        _n("secondaryStat", "Failed in %"),
+        _n("arc__ok", "Ended well (FIN or open)", "green"),
+        _n("arc__reset", "Reset", "orange"),
+        _n("arc__failed", "Failed (refused, unanswered)", "red"),
+        _n("arc__none", "No connections in", "#8e8e8e"),
+        _n("detail__connections_in", "Connections in (window)"),
+        _n("detail__reset_in", "Reset in (window)"),
+        _n("detail__failed_in", "Failed in (window)"),
+        *_NODE_DETAILS,
+    ],
+    "bytes": [
+        *_NODE_HEAD,
+        _n("mainStat", "Received B/s"),
+        _n("secondaryStat", "Answered B/s"),
+        _n("arc__received", "Received from clients", "blue"),
+        _n("arc__answered", "Answered to clients", "purple"),
+        _n("arc__none", "No bytes in", "#8e8e8e"),
+        _n("detail__received_bytes", "Received bytes (window)"),
+        _n("detail__answered_bytes", "Answered bytes (window)"),
+        *_NODE_DETAILS,
+    ],
+    "duration": [
+        *_NODE_HEAD,
+        _n("mainStat", "Avg duration s"),
+        _n("secondaryStat", "p95 duration s"),
+        _n("arc__short", "Ended in < 1 s", "green"),
+        _n("arc__medium", "Ended in 1 s - 1 min", "yellow"),
+        _n("arc__long", "Ended after > 1 min", "purple"),
+        _n("arc__none", "No connection ended", "#8e8e8e"),
+        _n("detail__ended", "Connections ended (window)"),
+        _n("detail__handshake_ms", "Avg handshake ms"),
+        *_NODE_DETAILS,
+    ],
+}
+EDGE_FIELDS: dict[str, list[Field]] = {
+    "connection": [
+        *_EDGE_HEAD,
+        _n("mainStat", "Connections /s"),
+        _n("secondaryStat", "Failed %"),
+        _n("detail__failed", "Failed (window)"),
+        _n("detail__reset", "Reset (window)"),
+        *_EDGE_TAIL,
+    ],
+    "bytes": [
+        *_EDGE_HEAD,
+        _n("mainStat", "Sent B/s"),
+        _n("secondaryStat", "Received B/s"),
+        *_EDGE_TAIL,
+    ],
+    "duration": [
+        *_EDGE_HEAD,
+        _n("mainStat", "Avg duration s"),
+        _n("secondaryStat", "Avg handshake ms"),
+        _n("detail__p95_duration_s", "p95 duration s"),
+        _n("detail__ended", "Connections ended (window)"),
+        *_EDGE_TAIL,
+    ],
+}
+
+
+def fields_for(stats_type: str) -> Fields:
+    """The field declarations of one view (``/api/graph/fields``)."""
+    return {"edges_fields": EDGE_FIELDS[stats_type], "nodes_fields": NODE_FIELDS[stats_type]}
+
+
+# ---------------------------------------------------------------- grouping
+class _Node:
+    __slots__ = ("addresses", "countries", "end", "id", "ins", "ports", "sub", "title")
+
+    def __init__(self, node_id: str, title: str, sub: str, end: End) -> None:
+        self.id = node_id
+        self.title = title or UNKNOWN
+        self.sub = sub
+        self.end = end
+        self.ins = [0.0] * WIDTH
+        self.addresses: set[str] = set()
+        self.ports: set[str] = set()
+        self.countries: set[str] = set()
+
+
+def _group(level: str, e: End) -> tuple[str, str, str, End]:
+    """(id, title, subTitle, the end as shown) of an end at ``level``."""
+    kind, ns, wl, name = e
+    if level == "namespace" and ns:
+        return f"namespace:{ns}", ns, "namespace", End("namespace", ns, "", ns)
+    if level == "pod" and kind == "pod":
+        return f"pod:{ns}/{name}", name, ns or kind, e
+    title = wl or UNKNOWN
+    return f"{kind}:{ns}/{title}", title, ns or kind, End(kind, ns, title, title)
+
+
+def _matcher(q: GraphQuery) -> Callable[[End, End, set[str], set[str]], bool] | None:
+    ns, inc, exc = q.namespace, q.include, q.exclude
+    if ns is None and inc is None and exc is None:
+        return None
+
+    def texts(e: End, addrs: set[str]) -> list[str]:
+        return [e.name, e.workload, e.namespace, *addrs]
+
+    def search(p: re.Pattern[str], e: End, addrs: set[str]) -> bool:
+        return any(p.search(t) for t in texts(e, addrs) if t)
+
+    def keep(s: End, d: End, sa: set[str], da: set[str]) -> bool:
+        if ns is not None and not (ns.fullmatch(s.namespace) or ns.fullmatch(d.namespace)):
+            return False
+        if inc is not None and not (search(inc, s, sa) or search(inc, d, da)):
+            return False
+        return not (exc is not None and (search(exc, s, sa) or search(exc, d, da)))
+
+    return keep
+
+
+def _r(x: float | None) -> float | None:
+    """Round for display: 4 significant digits (``None`` stays ``None``)."""
+    if x is None or not math.isfinite(x):
+        return None
+    if x == 0:
+        return 0
+    v = float(f"{x:.4g}")
+    return int(v) if v.is_integer() else v
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else 0.0
+
+
+def _health_color(failed_share: float) -> str:
+    if failed_share <= 0:
+        return GREEN
+    if failed_share < 0.05:
+        return YELLOW
+    if failed_share < 0.25:
+        return ORANGE
+    return RED
+
+
+def _joined(values: set[str]) -> str:
+    return ", ".join(sorted(values))
+
+
+# ---------------------------------------------------------------- the views
+def _arcs_connection(v: list[float]) -> dict[str, float]:
+    total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
+    if total <= 0:
+        return {"arc__ok": 0, "arc__reset": 0, "arc__failed": 0, "arc__none": 1}
+    failed, reset = v[FAILED] / total, v[RESET] / total
+    return {
+        "arc__ok": 1 - failed - reset,
+        "arc__reset": reset,
+        "arc__failed": failed,
+        "arc__none": 0,
+    }
+
+
+def _arcs_bytes(v: list[float]) -> dict[str, float]:
+    total = v[SENT] + v[RECEIVED]
+    if total <= 0:
+        return {"arc__received": 0, "arc__answered": 0, "arc__none": 1}
+    return {"arc__received": v[SENT] / total, "arc__answered": 1 - v[SENT] / total, "arc__none": 0}
+
+
+def _arcs_duration(v: list[float]) -> dict[str, float]:
+    total = ended(v)
+    if total <= 0:
+        return {"arc__short": 0, "arc__medium": 0, "arc__long": 0, "arc__none": 1}
+    short = sum(v[BUCKETS0:_SHORT_END]) / total
+    medium = sum(v[_SHORT_END:_MEDIUM_END]) / total
+    return {
+        "arc__short": short,
+        "arc__medium": medium,
+        "arc__long": 1 - short - medium,
+        "arc__none": 0,
+    }
+
+
+def _node_row(stats_type: str, n: _Node, seconds: float, source: str) -> Row:
+    v = n.ins
+    kind, ns, wl, _ = n.end
+    row: Row = {"id": n.id, "title": n.title, "subTitle": n.sub}
+    if stats_type == "connection":
+        total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
+        row["mainStat"] = _r(v[CONNECTIONS] / seconds)
+        row["secondaryStat"] = _r(100 * _share(v[FAILED], total))
+        row.update(_arcs_connection(v))
+        row["detail__connections_in"] = _r(v[CONNECTIONS])
+        row["detail__reset_in"] = _r(v[RESET])
+        row["detail__failed_in"] = _r(v[FAILED])
+        color = _health_color(_share(v[FAILED], total)) if total else KIND_COLORS.get(kind, GREY)
+    elif stats_type == "bytes":
+        row["mainStat"] = _r(v[SENT] / seconds)
+        row["secondaryStat"] = _r(v[RECEIVED] / seconds)
+        row.update(_arcs_bytes(v))
+        row["detail__received_bytes"] = _r(v[SENT])
+        row["detail__answered_bytes"] = _r(v[RECEIVED])
+        color = KIND_COLORS.get(kind, GREY)
+    else:
+        count = ended(v)
+        row["mainStat"] = _r(v[DURATION_SUM] / count) if count else None
+        row["secondaryStat"] = _r(quantile(0.95, v))
+        row.update(_arcs_duration(v))
+        row["detail__ended"] = _r(count)
+        row["detail__handshake_ms"] = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
+        color = KIND_COLORS.get(kind, GREY)
+    row["detail__kind"] = kind
+    row["detail__namespace"] = ns
+    row["detail__workload"] = wl
+    row["detail__addresses"] = _joined(n.addresses)
+    row["detail__ports"] = _joined(n.ports)
+    row["detail__organisation"] = wl if kind == "external" else ""
+    row["detail__country"] = _joined(n.countries)
+    row["detail__source"] = source
+    row["color"] = color
+    return row
+
+
+def _edge_row(
+    stats_type: str, eid: str, src: str, dst: str, v: list[float], ports: set[str], seconds: float
+) -> tuple[Row, float]:
+    """The edge's row (thickness still to scale) and the number its thickness follows."""
+    row: Row = {"id": eid, "source": src, "target": dst}
+    if stats_type == "connection":
+        total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
+        row["mainStat"] = _r(v[CONNECTIONS] / seconds)
+        row["secondaryStat"] = _r(100 * _share(v[FAILED], total))
+        row["detail__failed"] = _r(v[FAILED])
+        row["detail__reset"] = _r(v[RESET])
+        weight, color = v[CONNECTIONS], _health_color(_share(v[FAILED], total))
+    elif stats_type == "bytes":
+        row["mainStat"] = _r(v[SENT] / seconds)
+        row["secondaryStat"] = _r(v[RECEIVED] / seconds)
+        weight, color = v[SENT] + v[RECEIVED], BLUE
+    else:
+        count = ended(v)
+        row["mainStat"] = _r(v[DURATION_SUM] / count) if count else None
+        row["secondaryStat"] = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
+        row["detail__p95_duration_s"] = _r(quantile(0.95, v))
+        row["detail__ended"] = _r(count)
+        weight, color = count, PURPLE
+    row["thickness"] = 1
+    row["color"] = color
+    row["detail__ports"] = _joined(ports)
+    row["detail__connections"] = _r(v[CONNECTIONS])
+    row["detail__sent_bytes"] = _r(v[SENT])
+    row["detail__received_bytes"] = _r(v[RECEIVED])
+    return row, weight
+
+
+def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fields, Data]:
+    """Fields and data of ``query``'s view over ``edges`` (already limited to its window)."""
+    keep = _matcher(query)
+    level, stats_type = query.level, query.stats_type
+    seconds = max(query.seconds, 1e-9)
+    nodes: dict[str, _Node] = {}
+    groups: dict[End, tuple[str, str, str, End]] = {}
+    links: dict[tuple[str, str], tuple[list[float], set[str]]] = {}
+
+    def node(e: End) -> _Node:
+        g = groups.get(e)
+        if g is None:
+            g = groups[e] = _group(level, e)
+        n = nodes.get(g[0])
+        if n is None:
+            n = nodes[g[0]] = _Node(*g)
+        return n
+
+    for s, d, st in edges:
+        if keep is not None and not keep(s, d, st.src_addresses, st.dst_addresses):
+            continue
+        a, b = node(s), node(d)
+        v = st.values
+        ins = b.ins
+        for i in range(WIDTH):
+            ins[i] += v[i]
+        for x in st.dst_addresses:
+            if len(b.addresses) < 4:
+                b.addresses.add(x)
+        for x in st.src_addresses:
+            if len(a.addresses) < 4:
+                a.addresses.add(x)
+        b.ports |= st.ports if len(b.ports) < 8 else set()
+        b.countries |= st.dst_countries
+        a.countries |= st.src_countries
+        link = links.get((a.id, b.id))
+        if link is None:
+            link = links[(a.id, b.id)] = ([0.0] * WIDTH, set())
+        lv = link[0]
+        for i in range(WIDTH):
+            lv[i] += v[i]
+        if len(link[1]) < 8:
+            link[1].update(st.ports)
+
+    node_rows = [_node_row(stats_type, nodes[k], seconds, source) for k in sorted(nodes)]
+    edge_rows: list[Row] = []
+    weights: list[float] = []
+    for a_id, b_id in sorted(links):
+        v, ports = links[(a_id, b_id)]
+        row, w = _edge_row(stats_type, f"{a_id}->{b_id}", a_id, b_id, v, ports, seconds)
+        edge_rows.append(row)
+        weights.append(w)
+    top = max(weights, default=0.0)
+    if top > 0:
+        for row, w in zip(edge_rows, weights, strict=True):
+            row["thickness"] = _r(1 + 7 * math.sqrt(w / top))
+    return fields_for(stats_type), {"nodes": node_rows, "edges": edge_rows}

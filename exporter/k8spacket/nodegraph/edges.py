@@ -1,0 +1,254 @@
+"""Graph edges: who talked to whom, and the numbers every graph view is built from.
+
+Every source (the local store, the agents' fan-out, Prometheus) produces an
+:class:`EdgeSet`: a mapping from (client :class:`End`, server :class:`End`) to
+an :class:`EdgeStats`. The views (:mod:`k8spacket.nodegraph.build`) read only
+this, so the same traffic gives the same answer whatever the source.
+
+An :class:`End` is one side at its finest level: kind, namespace, workload and
+name (the pod's name for pods; for other kinds the name the naming chain gave,
+else the workload). Values follow the metric labels exactly
+(:mod:`k8spacket.metrics.labels`): an end nothing named is kind ``unknown``,
+workload ``unknown``; an external end's workload is its organisation.
+
+:data:`WIDTH` numbers per edge, summed over the window (the layout is fixed,
+the agents' fan-out sends it as is, see :data:`LAYOUT`):
+
+* ``connections``: connections seen (counted on a connection's first record,
+  like ``k8spacket_tcp_connections_total``);
+* ``failed``: of those, ``refused`` or ``unanswered``;
+* ``reset``: final records closed by RST that were not refused;
+* ``sent``, ``received``: payload bytes client → server and back;
+* ``duration_sum``: lifetime of the connections that ended;
+* ``handshake_sum``, ``handshake_count``: handshake times (first record carrying one);
+* ``duration_bucket_*``: the connections that ended, per bucket of
+  :data:`DURATION_BUCKETS` (not cumulative; the last is +Inf), so a quantile is
+  computed the way PromQL's ``histogram_quantile`` does.
+
+Small sets ride along (at most :data:`MAX_DETAIL` values each): the server
+ports, a few addresses of either end and the countries of external ends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, MutableSequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from k8spacket.flows.record import ConnectionRecord
+from k8spacket.metrics.labels import UNKNOWN, LabelPolicy
+from k8spacket.metrics.traffic import DURATION_BUCKETS
+
+CONNECTIONS, FAILED, RESET, SENT, RECEIVED, DURATION_SUM, HS_SUM, HS_COUNT = range(8)
+BUCKETS0 = 8
+#: the numbers of one edge, in order
+LAYOUT: tuple[str, ...] = (
+    "connections",
+    "failed",
+    "reset",
+    "sent",
+    "received",
+    "duration_sum",
+    "handshake_sum",
+    "handshake_count",
+    *(f"duration_bucket_{b:g}" for b in DURATION_BUCKETS),
+    "duration_bucket_inf",
+)
+WIDTH = len(LAYOUT)
+#: values kept per detail set (ports, addresses, countries)
+MAX_DETAIL = 4
+FAILED_OUTCOMES = frozenset({"refused", "unanswered"})
+
+_labels = LabelPolicy().values
+
+
+class End(NamedTuple):
+    """One end of an edge at its finest level (pod, or the named thing)."""
+
+    kind: str
+    namespace: str
+    workload: str
+    name: str
+
+
+def _add_small(s: set[str], v: str) -> None:
+    if v and len(s) < MAX_DETAIL:
+        s.add(v)
+
+
+@dataclass(slots=True)
+class EdgeStats:
+    """The numbers of one edge over a window, and a few details."""
+
+    values: list[float] = field(default_factory=lambda: [0.0] * WIDTH)
+    ports: set[str] = field(default_factory=set)
+    src_addresses: set[str] = field(default_factory=set)
+    dst_addresses: set[str] = field(default_factory=set)
+    src_countries: set[str] = field(default_factory=set)
+    dst_countries: set[str] = field(default_factory=set)
+
+    def add(self, other: EdgeStats) -> None:
+        v, o = self.values, other.values
+        for i in range(WIDTH):
+            v[i] += o[i]
+        self.add_details(other)
+
+    def add_details(self, other: EdgeStats) -> None:
+        for mine, theirs in (
+            (self.ports, other.ports),
+            (self.src_addresses, other.src_addresses),
+            (self.dst_addresses, other.dst_addresses),
+            (self.src_countries, other.src_countries),
+            (self.dst_countries, other.dst_countries),
+        ):
+            for x in theirs:
+                _add_small(mine, x)
+
+    def note(self, rec: ConnectionRecord) -> None:
+        """Remember the details of one record (ports, addresses, countries)."""
+        _add_small(self.ports, str(rec.dst_port))
+        _add_small(self.src_addresses, rec.src)
+        _add_small(self.dst_addresses, rec.dst)
+        _add_small(self.src_countries, rec.src_country)
+        _add_small(self.dst_countries, rec.dst_country)
+
+
+def record_ends(rec: ConnectionRecord) -> tuple[End, End]:
+    """The (client, server) ends of a record, named as the metric labels name them."""
+    sns, swl, skind, dns, dwl, dkind, _ = _labels(rec)
+    src = End(skind, sns, swl, (rec.src_name if rec.src_name else swl) or UNKNOWN)
+    dst = End(dkind, dns, dwl, (rec.dst_name if rec.dst_name else dwl) or UNKNOWN)
+    return src, dst
+
+
+def add_record(values: MutableSequence[float], rec: ConnectionRecord) -> None:
+    """Account one connection record into an edge's numbers (the local store's path)."""
+    if rec.first:
+        values[CONNECTIONS] += 1
+        if rec.outcome in FAILED_OUTCOMES:
+            values[FAILED] += 1
+        if rec.handshake_seconds is not None:
+            values[HS_SUM] += rec.handshake_seconds
+            values[HS_COUNT] += 1
+    values[SENT] += rec.bytes_sent
+    values[RECEIVED] += rec.bytes_received
+    if rec.close is not None:
+        if rec.close == "rst" and rec.outcome not in FAILED_OUTCOMES:
+            values[RESET] += 1
+        d = rec.duration_seconds
+        values[DURATION_SUM] += d
+        values[BUCKETS0 + _bucket_index(d)] += 1
+
+
+def _bucket_index(d: float) -> int:
+    # the first bound >= d (Prometheus' ``le``); past the last bound: +Inf
+    for i, b in enumerate(DURATION_BUCKETS):
+        if d <= b:
+            return i
+    return len(DURATION_BUCKETS)
+
+
+def ended(values: list[float]) -> float:
+    """Connections that ended (the duration histogram's count)."""
+    return sum(values[BUCKETS0:])
+
+
+def quantile(q: float, values: list[float]) -> float | None:
+    """The ``q`` quantile of the duration histogram, as ``histogram_quantile`` computes it.
+
+    Linear interpolation inside the bucket holding the rank (the first bucket
+    starts at 0); a rank in the +Inf bucket answers the highest finite bound.
+    ``None`` when no connection ended.
+    """
+    counts = values[BUCKETS0:]
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    acc = 0.0
+    lower = 0.0
+    for i, c in enumerate(counts):
+        if i == len(DURATION_BUCKETS):
+            return DURATION_BUCKETS[-1]
+        upper = DURATION_BUCKETS[i]
+        if acc + c >= rank and c > 0:
+            return lower + (upper - lower) * (rank - acc) / c
+        acc += c
+        lower = upper
+    return DURATION_BUCKETS[-1]  # pragma: no cover - rank <= total
+
+
+class EdgeSet:
+    """Edges (client end, server end) → numbers, summed as they are added."""
+
+    __slots__ = ("edges",)
+
+    def __init__(self) -> None:
+        self.edges: dict[tuple[End, End], EdgeStats] = {}
+
+    def __len__(self) -> int:
+        return len(self.edges)
+
+    def __iter__(self) -> Iterator[tuple[End, End, EdgeStats]]:
+        for (s, d), st in self.edges.items():
+            yield s, d, st
+
+    def stats(self, src: End, dst: End) -> EdgeStats:
+        st = self.edges.get((src, dst))
+        if st is None:
+            st = self.edges[(src, dst)] = EdgeStats()
+        return st
+
+    def add(self, src: End, dst: End, other: EdgeStats) -> None:
+        self.stats(src, dst).add(other)
+
+    def merge(self, other: EdgeSet) -> None:
+        """Sum ``other`` into this set (never overwrite: the agents' fan-out)."""
+        for s, d, st in other:
+            self.add(s, d, st)
+
+    # ------------------------------------------------------------ transport
+    def to_json(self) -> list[dict[str, Any]]:
+        """The edges as JSON-ready rows (what ``/nodegraph/api/graph/edges`` answers)."""
+        return [
+            {
+                "src": list(s),
+                "dst": list(d),
+                "values": [_compact(x) for x in st.values],
+                "ports": sorted(st.ports),
+                "src_addresses": sorted(st.src_addresses),
+                "dst_addresses": sorted(st.dst_addresses),
+                "src_countries": sorted(st.src_countries),
+                "dst_countries": sorted(st.dst_countries),
+            }
+            for s, d, st in self
+        ]
+
+    @classmethod
+    def from_json(cls, rows: Iterable[Any]) -> EdgeSet:
+        """Parse :meth:`to_json` rows; raises ``ValueError`` on anything malformed."""
+        out = cls()
+        for row in rows:
+            if not isinstance(row, dict):
+                raise ValueError("an edge row is not an object")
+            try:
+                src = End(*(str(x) for x in row["src"]))
+                dst = End(*(str(x) for x in row["dst"]))
+                values = [float(x) for x in row["values"]]
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"malformed edge row: {e}") from None
+            if len(values) != WIDTH or not all(math.isfinite(x) for x in values):
+                raise ValueError(f"an edge row needs {WIDTH} finite numbers")
+            st = EdgeStats(values)
+            for name in ("ports", "src_addresses", "dst_addresses", "src_countries"):
+                for x in row.get(name, ())[:MAX_DETAIL]:
+                    _add_small(getattr(st, name), str(x))
+            for x in row.get("dst_countries", ())[:MAX_DETAIL]:
+                _add_small(st.dst_countries, str(x))
+            out.add(src, dst, st)
+        return out
+
+
+def _compact(x: float) -> float | int:
+    return int(x) if x.is_integer() else x
