@@ -84,12 +84,21 @@ class NetnsCaller:
 class PrometheusServer:
     """A Prometheus process on 127.0.0.1 scraping one target every second."""
 
-    def __init__(self, binary: str, target: str, workdir: Path, netns: str | None = None) -> None:
+    def __init__(
+        self,
+        binary: str,
+        target: str | list[str],
+        workdir: Path,
+        netns: str | None = None,
+        listen_host: str = "127.0.0.1",
+    ) -> None:
+        """``listen_host``: where it listens (``0.0.0.0`` to be reached from other nodes)."""
         config = workdir / "prometheus.yml"
+        targets = ", ".join(f"'{t}'" for t in ([target] if isinstance(target, str) else target))
         config.write_text(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
             "scrape_configs:\n  - job_name: k8spacket\n"
-            f"    static_configs:\n      - targets: ['{target}']\n"
+            f"    static_configs:\n      - targets: [{targets}]\n"
         )
         # a fresh lab namespace has every port free
         self.url = f"http://127.0.0.1:{9090 if netns else free_port()}"
@@ -99,7 +108,7 @@ class PrometheusServer:
             binary,
             f"--config.file={config}",
             f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address={self.url.removeprefix('http://')}",
+            f"--web.listen-address={listen_host}:{self.url.rsplit(':', 1)[1]}",
         ]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]  # ip execs: same pid
