@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from operator import add
 from typing import Any
 
 from k8spacket.metrics.labels import UNKNOWN
@@ -45,6 +46,7 @@ from k8spacket.nodegraph.edges import (
     RESET,
     SENT,
     WIDTH,
+    Detail,
     EdgeSet,
     End,
     ended,
@@ -75,6 +77,7 @@ KIND_COLORS = {
     "unknown": GREY,
 }
 #: duration classes of the ``duration`` view's arcs: bucket index ranges (< 1 s, < 1 min)
+_NOTHING = [0.0] * WIDTH
 _SHORT_END = BUCKETS0 + 6  # buckets up to le=1
 _MEDIUM_END = BUCKETS0 + 9  # buckets up to le=60
 
@@ -185,14 +188,14 @@ def fields_for(stats_type: str) -> Fields:
 
 # ---------------------------------------------------------------- grouping
 class _Node:
-    __slots__ = ("addresses", "countries", "end", "id", "ins", "ports", "sub", "title")
+    __slots__ = ("addresses", "countries", "end", "id", "incoming", "ports", "sub", "title")
 
     def __init__(self, node_id: str, title: str, sub: str, end: End) -> None:
         self.id = node_id
         self.title = title or UNKNOWN
         self.sub = sub
         self.end = end
-        self.ins = [0.0] * WIDTH
+        self.incoming: list[list[float]] = []
         self.addresses: set[str] = set()
         self.ports: set[str] = set()
         self.countries: set[str] = set()
@@ -209,18 +212,18 @@ def _group(level: str, e: End) -> tuple[str, str, str, End]:
     return f"{kind}:{ns}/{title}", title, ns or kind, End(kind, ns, title, title)
 
 
-def _matcher(q: GraphQuery) -> Callable[[End, End, set[str], set[str]], bool] | None:
+def _matcher(q: GraphQuery) -> Callable[[End, End, Detail, Detail], bool] | None:
     ns, inc, exc = q.namespace, q.include, q.exclude
     if ns is None and inc is None and exc is None:
         return None
 
-    def texts(e: End, addrs: set[str]) -> list[str]:
+    def texts(e: End, addrs: Detail) -> list[str]:
         return [e.name, e.workload, e.namespace, *addrs]
 
-    def search(p: re.Pattern[str], e: End, addrs: set[str]) -> bool:
+    def search(p: re.Pattern[str], e: End, addrs: Detail) -> bool:
         return any(p.search(t) for t in texts(e, addrs) if t)
 
-    def keep(s: End, d: End, sa: set[str], da: set[str]) -> bool:
+    def keep(s: End, d: End, sa: Detail, da: Detail) -> bool:
         if ns is not None and not (ns.fullmatch(s.namespace) or ns.fullmatch(d.namespace)):
             return False
         if inc is not None and not (search(inc, s, sa) or search(inc, d, da)):
@@ -231,13 +234,11 @@ def _matcher(q: GraphQuery) -> Callable[[End, End, set[str], set[str]], bool] | 
 
 
 def _r(x: float | None) -> float | None:
-    """Round for display: 4 significant digits (``None`` stays ``None``)."""
-    if x is None or not math.isfinite(x):
+    """A number for JSON: integral values as ints, others to 6 decimals; ``None`` if not finite."""
+    if x is None or not -1e300 < x < 1e300:
         return None
-    if x == 0:
-        return 0
-    v = float(f"{x:.4g}")
-    return int(v) if v.is_integer() else v
+    i = int(x)
+    return i if i == x else round(x, 6)
 
 
 def _share(part: float, whole: float) -> float:
@@ -254,7 +255,7 @@ def _health_color(failed_share: float) -> str:
     return RED
 
 
-def _joined(values: set[str]) -> str:
+def _joined(values: set[str] | Detail) -> str:
     return ", ".join(sorted(values))
 
 
@@ -294,7 +295,8 @@ def _arcs_duration(v: list[float]) -> dict[str, float]:
 
 
 def _node_row(stats_type: str, n: _Node, seconds: float, source: str) -> Row:
-    v = n.ins
+    ins = n.incoming
+    v = ins[0] if len(ins) == 1 else [sum(c) for c in zip(*ins, strict=True)] if ins else _NOTHING
     kind, ns, wl, _ = n.end
     row: Row = {"id": n.id, "title": n.title, "subTitle": n.sub}
     if stats_type == "connection":
@@ -333,36 +335,61 @@ def _node_row(stats_type: str, n: _Node, seconds: float, source: str) -> Row:
     return row
 
 
+def _weight(stats_type: str) -> Callable[[list[float]], float]:
+    """What an edge's thickness follows in a view."""
+    if stats_type == "connection":
+        return lambda v: v[CONNECTIONS]
+    if stats_type == "bytes":
+        return lambda v: v[SENT] + v[RECEIVED]
+    return ended
+
+
 def _edge_row(
-    stats_type: str, eid: str, src: str, dst: str, v: list[float], ports: set[str], seconds: float
-) -> tuple[Row, float]:
-    """The edge's row (thickness still to scale) and the number its thickness follows."""
-    row: Row = {"id": eid, "source": src, "target": dst}
+    stats_type: str, src: str, dst: str, v: list[float], ports: Detail | set[str], rate: float,
+    thickness: float,
+) -> Row:  # fmt: skip
+    """One edge's row; ``rate`` is 1 / the window's seconds. Keys in field order."""
     if stats_type == "connection":
         total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
-        row["mainStat"] = _r(v[CONNECTIONS] / seconds)
-        row["secondaryStat"] = _r(100 * _share(v[FAILED], total))
-        row["detail__failed"] = _r(v[FAILED])
-        row["detail__reset"] = _r(v[RESET])
-        weight, color = v[CONNECTIONS], _health_color(_share(v[FAILED], total))
+        failed = v[FAILED] / total if total > 0 else 0.0
+        head: Row = {
+            "id": f"{src}->{dst}",
+            "source": src,
+            "target": dst,
+            "mainStat": round(v[CONNECTIONS] * rate, 6),
+            "secondaryStat": round(100 * failed, 4),
+            "detail__failed": v[FAILED],
+            "detail__reset": v[RESET],
+        }
+        color = _health_color(failed)
     elif stats_type == "bytes":
-        row["mainStat"] = _r(v[SENT] / seconds)
-        row["secondaryStat"] = _r(v[RECEIVED] / seconds)
-        weight, color = v[SENT] + v[RECEIVED], BLUE
+        head = {
+            "id": f"{src}->{dst}",
+            "source": src,
+            "target": dst,
+            "mainStat": round(v[SENT] * rate, 3),
+            "secondaryStat": round(v[RECEIVED] * rate, 3),
+        }
+        color = BLUE
     else:
         count = ended(v)
-        row["mainStat"] = _r(v[DURATION_SUM] / count) if count else None
-        row["secondaryStat"] = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
-        row["detail__p95_duration_s"] = _r(quantile(0.95, v))
-        row["detail__ended"] = _r(count)
-        weight, color = count, PURPLE
-    row["thickness"] = 1
-    row["color"] = color
-    row["detail__ports"] = _joined(ports)
-    row["detail__connections"] = _r(v[CONNECTIONS])
-    row["detail__sent_bytes"] = _r(v[SENT])
-    row["detail__received_bytes"] = _r(v[RECEIVED])
-    return row, weight
+        head = {
+            "id": f"{src}->{dst}",
+            "source": src,
+            "target": dst,
+            "mainStat": _r(v[DURATION_SUM] / count) if count else None,
+            "secondaryStat": _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None,
+            "detail__p95_duration_s": _r(quantile(0.95, v)),
+            "detail__ended": count,
+        }
+        color = PURPLE
+    head["thickness"] = thickness
+    head["color"] = color
+    head["detail__ports"] = ", ".join(sorted(ports)) if len(ports) > 1 else "".join(ports)
+    head["detail__connections"] = v[CONNECTIONS]
+    head["detail__sent_bytes"] = v[SENT]
+    head["detail__received_bytes"] = v[RECEIVED]
+    return head
 
 
 def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fields, Data]:
@@ -371,54 +398,50 @@ def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fi
     level, stats_type = query.level, query.stats_type
     seconds = max(query.seconds, 1e-9)
     nodes: dict[str, _Node] = {}
-    groups: dict[End, tuple[str, str, str, End]] = {}
-    links: dict[tuple[str, str], tuple[list[float], set[str]]] = {}
+    by_end: dict[End, _Node] = {}
+    links: dict[tuple[_Node, _Node], tuple[list[float], Detail]] = {}
 
     def node(e: End) -> _Node:
-        g = groups.get(e)
-        if g is None:
-            g = groups[e] = _group(level, e)
+        g = _group(level, e)
         n = nodes.get(g[0])
         if n is None:
             n = nodes[g[0]] = _Node(*g)
+        by_end[e] = n
         return n
 
     for s, d, st in edges:
         if keep is not None and not keep(s, d, st.src_addresses, st.dst_addresses):
             continue
-        a, b = node(s), node(d)
+        a = by_end.get(s) or node(s)
+        b = by_end.get(d) or node(d)
         v = st.values
-        ins = b.ins
-        for i in range(WIDTH):
-            ins[i] += v[i]
-        for x in st.dst_addresses:
-            if len(b.addresses) < 4:
-                b.addresses.add(x)
-        for x in st.src_addresses:
-            if len(a.addresses) < 4:
-                a.addresses.add(x)
-        b.ports |= st.ports if len(b.ports) < 8 else set()
-        b.countries |= st.dst_countries
-        a.countries |= st.src_countries
-        link = links.get((a.id, b.id))
+        b.incoming.append(v)  # summed once per node below
+        if st.dst_addresses and len(b.addresses) < 4:
+            b.addresses.update(st.dst_addresses)
+        if st.src_addresses and len(a.addresses) < 4:
+            a.addresses.update(st.src_addresses)
+        if st.ports and len(b.ports) < 8:
+            b.ports.update(st.ports)
+        if st.dst_countries:
+            b.countries.update(st.dst_countries)
+        if st.src_countries:
+            a.countries.update(st.src_countries)
+        link = links.get((a, b))
         if link is None:
-            link = links[(a.id, b.id)] = ([0.0] * WIDTH, set())
-        lv = link[0]
-        for i in range(WIDTH):
-            lv[i] += v[i]
-        if len(link[1]) < 8:
-            link[1].update(st.ports)
+            links[(a, b)] = (v, st.ports)
+        else:
+            ports = link[1] if len(link[1]) >= 8 or not st.ports else link[1] | st.ports
+            links[(a, b)] = (list(map(add, link[0], v)), ports)
 
     node_rows = [_node_row(stats_type, nodes[k], seconds, source) for k in sorted(nodes)]
-    edge_rows: list[Row] = []
-    weights: list[float] = []
-    for a_id, b_id in sorted(links):
-        v, ports = links[(a_id, b_id)]
-        row, w = _edge_row(stats_type, f"{a_id}->{b_id}", a_id, b_id, v, ports, seconds)
-        edge_rows.append(row)
-        weights.append(w)
-    top = max(weights, default=0.0)
-    if top > 0:
-        for row, w in zip(edge_rows, weights, strict=True):
-            row["thickness"] = _r(1 + 7 * math.sqrt(w / top))
+    weight = _weight(stats_type)
+    top = max((weight(v) for v, _ in links.values()), default=0.0)
+    scale = 7 / math.sqrt(top) if top > 0 else 0.0
+    rate = 1 / seconds
+    edge_rows = [
+        _edge_row(
+            stats_type, a.id, b.id, v, ports, rate, round(1 + scale * math.sqrt(weight(v)), 2)
+        )
+        for (a, b), (v, ports) in links.items()
+    ]
     return fields_for(stats_type), {"nodes": node_rows, "edges": edge_rows}

@@ -32,8 +32,8 @@ ports, a few addresses of either end and the countries of external ends.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Iterator, MutableSequence
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from k8spacket.flows.record import ConnectionRecord
@@ -72,46 +72,69 @@ class End(NamedTuple):
     name: str
 
 
-def _add_small(s: set[str], v: str) -> None:
-    if v and len(s) < MAX_DETAIL:
-        s.add(v)
+Detail = frozenset[str]
+_EMPTY: Detail = frozenset()
+_DETAILS = ("ports", "src_addresses", "dst_addresses", "src_countries", "dst_countries")
 
 
-@dataclass(slots=True)
+def with_detail(s: Detail, v: str) -> Detail:
+    """``s`` with ``v`` added while it holds fewer than :data:`MAX_DETAIL` values."""
+    if not v or v in s or len(s) >= MAX_DETAIL:
+        return s
+    return s | {v}
+
+
+def _union(a: Detail, b: Detail) -> Detail:
+    if not b or a == b or len(a) >= MAX_DETAIL:
+        return a
+    if not a and len(b) <= MAX_DETAIL:
+        return b
+    return frozenset(sorted(a | b)[:MAX_DETAIL]) if len(a | b) > MAX_DETAIL else a | b
+
+
 class EdgeStats:
-    """The numbers of one edge over a window, and a few details."""
+    """The numbers of one edge over a window, and a few details (immutable sets, shared)."""
 
-    values: list[float] = field(default_factory=lambda: [0.0] * WIDTH)
-    ports: set[str] = field(default_factory=set)
-    src_addresses: set[str] = field(default_factory=set)
-    dst_addresses: set[str] = field(default_factory=set)
-    src_countries: set[str] = field(default_factory=set)
-    dst_countries: set[str] = field(default_factory=set)
+    __slots__ = (
+        "dst_addresses",
+        "dst_countries",
+        "ports",
+        "src_addresses",
+        "src_countries",
+        "values",
+    )
+
+    def __init__(self, values: list[float] | None = None) -> None:
+        self.values: list[float] = [0.0] * WIDTH if values is None else values
+        self.ports = self.src_addresses = self.dst_addresses = _EMPTY
+        self.src_countries = self.dst_countries = _EMPTY
+
+    def copy_details(self, other: EdgeStats) -> None:
+        """Share ``other``'s detail sets (immutable: a change replaces them)."""
+        self.ports = other.ports
+        self.src_addresses = other.src_addresses
+        self.dst_addresses = other.dst_addresses
+        self.src_countries = other.src_countries
+        self.dst_countries = other.dst_countries
 
     def add(self, other: EdgeStats) -> None:
-        v, o = self.values, other.values
-        for i in range(WIDTH):
-            v[i] += o[i]
+        self.values = list(map(operator.add, self.values, other.values))
         self.add_details(other)
 
     def add_details(self, other: EdgeStats) -> None:
-        for mine, theirs in (
-            (self.ports, other.ports),
-            (self.src_addresses, other.src_addresses),
-            (self.dst_addresses, other.dst_addresses),
-            (self.src_countries, other.src_countries),
-            (self.dst_countries, other.dst_countries),
-        ):
-            for x in theirs:
-                _add_small(mine, x)
+        self.ports = _union(self.ports, other.ports)
+        self.src_addresses = _union(self.src_addresses, other.src_addresses)
+        self.dst_addresses = _union(self.dst_addresses, other.dst_addresses)
+        self.src_countries = _union(self.src_countries, other.src_countries)
+        self.dst_countries = _union(self.dst_countries, other.dst_countries)
 
     def note(self, rec: ConnectionRecord) -> None:
         """Remember the details of one record (ports, addresses, countries)."""
-        _add_small(self.ports, str(rec.dst_port))
-        _add_small(self.src_addresses, rec.src)
-        _add_small(self.dst_addresses, rec.dst)
-        _add_small(self.src_countries, rec.src_country)
-        _add_small(self.dst_countries, rec.dst_country)
+        self.ports = with_detail(self.ports, str(rec.dst_port))
+        self.src_addresses = with_detail(self.src_addresses, rec.src)
+        self.dst_addresses = with_detail(self.dst_addresses, rec.dst)
+        self.src_countries = with_detail(self.src_countries, rec.src_country)
+        self.dst_countries = with_detail(self.dst_countries, rec.dst_country)
 
 
 def record_ends(rec: ConnectionRecord) -> tuple[End, End]:
@@ -241,11 +264,12 @@ class EdgeSet:
             if len(values) != WIDTH or not all(math.isfinite(x) for x in values):
                 raise ValueError(f"an edge row needs {WIDTH} finite numbers")
             st = EdgeStats(values)
-            for name in ("ports", "src_addresses", "dst_addresses", "src_countries"):
-                for x in row.get(name, ())[:MAX_DETAIL]:
-                    _add_small(getattr(st, name), str(x))
-            for x in row.get("dst_countries", ())[:MAX_DETAIL]:
-                _add_small(st.dst_countries, str(x))
+            for name in _DETAILS:
+                items = row.get(name, ())
+                if not isinstance(items, list):
+                    raise ValueError(f"{name}: expected a list")
+                for x in items[:MAX_DETAIL]:
+                    setattr(st, name, with_detail(getattr(st, name), str(x)))
             out.add(src, dst, st)
         return out
 

@@ -360,11 +360,10 @@ class PrometheusSource:
                 src, dst = _ends(labels)
                 st = out.stats(src, dst)
                 v = st.values
-                if labels.get("dst_port"):
-                    E._add_small(st.ports, labels["dst_port"])
-                for side, addrs in (("src", st.src_addresses), ("dst", st.dst_addresses)):
-                    E._add_small(addrs, labels.get(f"{side}_ip", ""))
-                E._add_small(st.dst_countries, labels.get("dst_country", ""))
+                st.ports = E.with_detail(st.ports, labels.get("dst_port", ""))
+                st.src_addresses = E.with_detail(st.src_addresses, labels.get("src_ip", ""))
+                st.dst_addresses = E.with_detail(st.dst_addresses, labels.get("dst_ip", ""))
+                st.dst_countries = E.with_detail(st.dst_countries, labels.get("dst_country", ""))
                 if what == "sent":
                     v[E.SENT] += inc
                 elif what == "received":
