@@ -52,7 +52,7 @@ from k8spacket.nodegraph.edges import (
     ended,
     quantile,
 )
-from k8spacket.nodegraph.query import GraphQuery
+from k8spacket.nodegraph.query import STATS_TYPES, GraphQuery
 
 Field = dict[str, str]
 Row = dict[str, Any]
@@ -445,3 +445,34 @@ def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fi
         for (a, b), (v, ports) in links.items()
     ]
     return fields_for(stats_type), {"nodes": node_rows, "edges": edge_rows}
+
+
+def fields_markdown() -> str:
+    """The field tables of docs/nodegraph.md (``python -m k8spacket.nodegraph.build``)."""
+    out = []
+    for frame, table in (("nodes", NODE_FIELDS), ("edges", EDGE_FIELDS)):
+        names: list[str] = []
+        for view in STATS_TYPES:
+            names += [f["field_name"] for f in table[view] if f["field_name"] not in names]
+        out.append(f"**{frame}**\n")
+        out.append("| field | type | " + " | ".join(f"`{v}`" for v in STATS_TYPES) + " |")
+        out.append("|---|---|" + "---|" * len(STATS_TYPES))
+        for name in names:
+            cells, kind = [], ""
+            for view in STATS_TYPES:
+                f = next((f for f in table[view] if f["field_name"] == name), None)
+                if f is None:
+                    cells.append("")
+                    continue
+                kind = f["type"]
+                text = f.get("displayName", "")
+                if f.get("color"):
+                    text += f" ({f['color']})"
+                cells.append(text or "✓")
+            out.append(f"| `{name}` | {kind} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(fields_markdown(), end="")
