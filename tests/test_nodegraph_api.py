@@ -25,8 +25,9 @@ from prometheus_client.registry import CollectorRegistry
 
 from k8spacket.flows.record import ConnectionRecord
 from k8spacket.nodegraph.api import GraphAPI
+from k8spacket.nodegraph.build import build_graph, graph_json
 from k8spacket.nodegraph.local import LocalGraphStore
-from k8spacket.nodegraph.query import LEVELS, STATS_TYPES
+from k8spacket.nodegraph.query import LEVELS, STATS_TYPES, parse_query
 from k8spacket.nodegraph.sources import LocalSource
 from k8spacket.nodegraph.store import ConnectionStore
 from k8spacket.server import AgentHTTPServer
@@ -319,3 +320,17 @@ def test_health_and_edges(client: Client, prefix: str) -> None:
     assert status == 200 and body["source"] == "local"
     status, _, body = client.get(f"{prefix}/api/graph/edges?{WINDOW}")
     assert status == 200 and len(body["edges"]) == 7  # pod-level (client, server) pairs
+
+
+@pytest.mark.parametrize("stats_type", STATS_TYPES)
+@pytest.mark.parametrize("level", LEVELS)
+def test_written_json_equals_the_built_rows(stats_type: str, level: str) -> None:
+    """The HTTP answer's JSON (edge rows from templates) is ``build_graph``'s data exactly."""
+    store = LocalGraphStore()
+    for r in [*traffic(), rec('ns"q/w\\x/p\u00e9', "shop/cart/cart-1", dst_port=1)]:
+        store.add(r)
+    q = parse_query(f"stats-type={stats_type}&level={level}&{WINDOW}", now=NOW)
+    edges = store.edges(q.since, q.until)
+    _, data = build_graph(edges, q, "local")
+    written = json.loads(graph_json(edges, q, "local", {"x": 1}))
+    assert written == {**data, "detail": {"x": 1}}

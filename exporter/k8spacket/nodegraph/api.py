@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from k8spacket.nodegraph.build import Data, Fields, build_graph, fields_for
+from k8spacket.nodegraph.build import Data, Fields, build_graph, fields_for, graph_json
 from k8spacket.nodegraph.local import LocalGraphStore
 from k8spacket.nodegraph.query import GraphQuery, QueryError, parse_query
 from k8spacket.nodegraph.sources import GraphSource, SourceError, local_edges_answer
@@ -185,8 +185,10 @@ class GraphAPI:
     def data(self, raw: str) -> Response:
         try:
             with _gc_paused():
-                _, data = self.graph(raw)
-                return _json(200, data)
+                q = self.query(raw)
+                answer = self.sources[q.source or self.default].edges(q.since, q.until)
+                detail = {**answer.detail, "from": q.since, "to": q.until}
+                return 200, JSON, graph_json(answer.edges, q, answer.note, detail)
         except QueryError as e:
             return _json(400, e.as_json())
         except SourceError as e:

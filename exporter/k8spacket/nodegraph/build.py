@@ -28,6 +28,7 @@ every edge's ends are nodes.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -344,56 +345,42 @@ def _weight(stats_type: str) -> Callable[[list[float]], float]:
     return ended
 
 
-def _edge_row(
-    stats_type: str, src: str, dst: str, v: list[float], ports: Detail | set[str], rate: float,
-    thickness: float,
-) -> Row:  # fmt: skip
-    """One edge's row; ``rate`` is 1 / the window's seconds. Keys in field order."""
+def _edge_values(
+    stats_type: str, v: list[float], ports: Detail, rate: float, thickness: float
+) -> tuple[Any, ...]:
+    """An edge's values after ``id``, ``source``, ``target``, in field order."""
+    ports_text = ", ".join(sorted(ports)) if len(ports) > 1 else "".join(ports)
+    tail = (thickness, _color(stats_type, v), ports_text, v[CONNECTIONS], v[SENT], v[RECEIVED])
     if stats_type == "connection":
         total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
         failed = v[FAILED] / total if total > 0 else 0.0
-        head: Row = {
-            "id": f"{src}->{dst}",
-            "source": src,
-            "target": dst,
-            "mainStat": round(v[CONNECTIONS] * rate, 6),
-            "secondaryStat": round(100 * failed, 4),
-            "detail__failed": v[FAILED],
-            "detail__reset": v[RESET],
-        }
-        color = _health_color(failed)
-    elif stats_type == "bytes":
-        head = {
-            "id": f"{src}->{dst}",
-            "source": src,
-            "target": dst,
-            "mainStat": round(v[SENT] * rate, 3),
-            "secondaryStat": round(v[RECEIVED] * rate, 3),
-        }
-        color = BLUE
-    else:
-        count = ended(v)
-        head = {
-            "id": f"{src}->{dst}",
-            "source": src,
-            "target": dst,
-            "mainStat": _r(v[DURATION_SUM] / count) if count else None,
-            "secondaryStat": _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None,
-            "detail__p95_duration_s": _r(quantile(0.95, v)),
-            "detail__ended": count,
-        }
-        color = PURPLE
-    head["thickness"] = thickness
-    head["color"] = color
-    head["detail__ports"] = ", ".join(sorted(ports)) if len(ports) > 1 else "".join(ports)
-    head["detail__connections"] = v[CONNECTIONS]
-    head["detail__sent_bytes"] = v[SENT]
-    head["detail__received_bytes"] = v[RECEIVED]
-    return head
+        return (
+            round(v[CONNECTIONS] * rate, 6), round(100 * failed, 4), v[FAILED], v[RESET], *tail
+        )  # fmt: skip
+    if stats_type == "bytes":
+        return (round(v[SENT] * rate, 3), round(v[RECEIVED] * rate, 3), *tail)
+    count = ended(v)
+    return (
+        _r(v[DURATION_SUM] / count) if count else None,
+        _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None,
+        _r(quantile(0.95, v)),
+        count,
+        *tail,
+    )
 
 
-def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fields, Data]:
-    """Fields and data of ``query``'s view over ``edges`` (already limited to its window)."""
+def _color(stats_type: str, v: list[float]) -> str:
+    if stats_type == "connection":
+        total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
+        return _health_color(v[FAILED] / total if total > 0 else 0.0)
+    return BLUE if stats_type == "bytes" else PURPLE
+
+
+EdgeValues = tuple[_Node, _Node, tuple[Any, ...]]
+
+
+def _layout(edges: EdgeSet, query: GraphQuery, source: str) -> tuple[list[Row], list[EdgeValues]]:
+    """The node rows, and each edge's ends and values (see :func:`_edge_values`)."""
     keep = _matcher(query)
     level, stats_type = query.level, query.stats_type
     seconds = max(query.seconds, 1e-9)
@@ -438,13 +425,75 @@ def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fi
     top = max((weight(v) for v, _ in links.values()), default=0.0)
     scale = 7 / math.sqrt(top) if top > 0 else 0.0
     rate = 1 / seconds
-    edge_rows = [
-        _edge_row(
-            stats_type, a.id, b.id, v, ports, rate, round(1 + scale * math.sqrt(weight(v)), 2)
-        )
+    sqrt = math.sqrt
+    edge_values = [
+        (a, b, _edge_values(stats_type, v, ports, rate, round(1 + scale * sqrt(weight(v)), 2)))
         for (a, b), (v, ports) in links.items()
     ]
-    return fields_for(stats_type), {"nodes": node_rows, "edges": edge_rows}
+    return node_rows, edge_values
+
+
+def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fields, Data]:
+    """Fields and data of ``query``'s view over ``edges`` (already limited to its window)."""
+    node_rows, edge_values = _layout(edges, query, source)
+    names = [f["field_name"] for f in EDGE_FIELDS[query.stats_type]]
+    edge_rows = [
+        dict(zip(names, (f"{a.id}->{b.id}", a.id, b.id, *vals), strict=True))
+        for a, b, vals in edge_values
+    ]
+    return fields_for(query.stats_type), {"nodes": node_rows, "edges": edge_rows}
+
+
+def _templates() -> dict[str, str]:
+    """Per view, the JSON text of one edge row with a ``%s`` per field."""
+    return {
+        view: "{" + ",".join(f'"{f["field_name"]}":%s' for f in fields) + "}"
+        for view, fields in EDGE_FIELDS.items()
+    }
+
+
+_EDGE_TEMPLATES = _templates()
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def graph_json(edges: EdgeSet, query: GraphQuery, source: str, detail: Any) -> bytes:
+    """The data answer as JSON bytes, equal to ``json.dumps`` of :func:`build_graph`'s data.
+
+    The edge rows (most of an answer) are written from a per-view template
+    instead of being built as dicts and serialised; ``tests/test_nodegraph_api``
+    holds the two equal. Numbers are written as ``json`` writes them (``repr``),
+    ``None`` as ``null``, strings escaped by ``json``.
+    """
+    node_rows, edge_values = _layout(edges, query, source)
+    template = _EDGE_TEMPLATES[query.stats_type]
+    quoted: dict[int, str] = {}
+
+    def q(n: _Node) -> str:
+        t = quoted.get(id(n))
+        if t is None:
+            t = quoted[id(n)] = _dumps(n.id)
+        return t
+
+    nullable = query.stats_type == "duration"
+    parts = []
+    for a, b, vals in edge_values:
+        qa, qb = q(a), q(b)
+        head = (qa[:-1] + "->" + qb[1:], qa, qb)
+        tail = list(vals)
+        tail[-5] = _dumps(tail[-5])  # the colour
+        tail[-4] = _dumps(tail[-4])  # the ports text
+        if nullable:
+            tail = ["null" if x is None else x for x in tail]
+        parts.append(template % (*head, *tail))
+    return (
+        '{"nodes":'
+        + _dumps(node_rows)
+        + ',"edges":['
+        + ",".join(parts)
+        + '],"detail":'
+        + _dumps(detail)
+        + "}"
+    ).encode()
 
 
 def fields_markdown() -> str:
