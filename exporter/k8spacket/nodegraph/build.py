@@ -35,7 +35,7 @@ from collections.abc import Callable
 from operator import add
 from typing import Any
 
-from k8spacket.metrics.labels import UNKNOWN
+from k8spacket.flows.record import UNKNOWN
 from k8spacket.nodegraph.edges import (
     BUCKETS0,
     CONNECTIONS,

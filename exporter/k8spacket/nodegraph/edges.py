@@ -8,7 +8,7 @@ this, so the same traffic gives the same answer whatever the source.
 An :class:`End` is one side at its finest level: kind, namespace, workload and
 name (the pod's name for pods; for other kinds the name the naming chain gave,
 else the workload). Values follow the metric labels exactly
-(:mod:`k8spacket.metrics.labels`): an end nothing named is kind ``unknown``,
+(:func:`~k8spacket.flows.record.spelled_kind`, ``spelled_workload``): an end nothing named is kind ``unknown``,
 workload ``unknown``; an external end's workload is its organisation.
 
 :data:`WIDTH` numbers per edge, summed over the window (the layout is fixed,
@@ -36,8 +36,7 @@ import operator
 from collections.abc import Iterable, Iterator, MutableSequence
 from typing import Any, NamedTuple
 
-from k8spacket.flows.record import ConnectionRecord
-from k8spacket.metrics.labels import UNKNOWN, LabelPolicy
+from k8spacket.flows.record import ConnectionRecord, spelled_kind, spelled_workload
 from k8spacket.metrics.traffic import DURATION_BUCKETS
 
 CONNECTIONS, FAILED, RESET, SENT, RECEIVED, DURATION_SUM, HS_SUM, HS_COUNT = range(8)
@@ -59,8 +58,6 @@ WIDTH = len(LAYOUT)
 #: values kept per detail set (ports, addresses, countries)
 MAX_DETAIL = 4
 FAILED_OUTCOMES = frozenset({"refused", "unanswered"})
-
-_labels = LabelPolicy().values
 
 
 class End(NamedTuple):
@@ -138,11 +135,15 @@ class EdgeStats:
 
 
 def record_ends(rec: ConnectionRecord) -> tuple[End, End]:
-    """The (client, server) ends of a record, named as the metric labels name them."""
-    sns, swl, skind, dns, dwl, dkind, _ = _labels(rec)
-    src = End(skind, sns, swl, (rec.src_name if rec.src_name else swl) or UNKNOWN)
-    dst = End(dkind, dns, dwl, (rec.dst_name if rec.dst_name else dwl) or UNKNOWN)
-    return src, dst
+    """The (client, server) ends of a record, spelled as the metric labels spell them."""
+    skind = spelled_kind(rec.src_kind, rec.src_org)
+    swl = spelled_workload(rec.src_workload, skind, rec.src_org)
+    dkind = spelled_kind(rec.dst_kind, rec.dst_org)
+    dwl = spelled_workload(rec.dst_workload, dkind, rec.dst_org)
+    return (
+        End(skind, rec.src_namespace, swl, rec.src_name or swl),
+        End(dkind, rec.dst_namespace, dwl, rec.dst_name or dwl),
+    )
 
 
 def add_record(values: MutableSequence[float], rec: ConnectionRecord) -> None:

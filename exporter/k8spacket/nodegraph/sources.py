@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from k8spacket.metrics.labels import UNKNOWN
+from k8spacket.flows.record import UNKNOWN
 from k8spacket.metrics.traffic import (
     CLOSED,
     CONNECTIONS,
