@@ -1,7 +1,7 @@
 """The Node Graph API's HTTP answers: paths, status codes, bodies.
 
 :class:`GraphAPI` turns (path, raw query string) into (status, content type,
-body) for the agent's HTTP server, on both path families (DESIGN.md, "HTTP"):
+body) for the agent's HTTP server, on both path families (docs/design.md, "HTTP"):
 
 ==================================  =============================================
 ``/``, ``/nodegraph``               index of every endpoint (JSON)

@@ -8,7 +8,7 @@ not ``parse_qs``). ``&`` and ``#`` inside a value must be written ``%26`` and
 ``%23``. Grafana's ``${var:regex}`` format (``(a|b)``, escaped metacharacters,
 ``.*`` or a custom value for All) is a regexp like any other.
 
-Parameters (all optional; DESIGN.md, "HTTP"):
+Parameters (all optional; docs/design.md, "HTTP"):
 
 * ``stats-type``: ``connection`` (also when empty) | ``bytes`` | ``duration``;
 * ``level``: ``workload`` (default) | ``pod`` | ``namespace``;
