@@ -18,6 +18,7 @@ import math
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -334,3 +335,46 @@ def test_written_json_equals_the_built_rows(stats_type: str, level: str) -> None
     _, data = build_graph(edges, q, "local")
     written = json.loads(graph_json(edges, q, "local", {"x": 1}))
     assert written == {**data, "detail": {"x": 1}}
+
+
+def dashboard_queries() -> list[str]:
+    """Every Node Graph API / Infinity graph query of the shipped dashboards."""
+    root = Path(__file__).resolve().parent.parent / "grafana-provisioning" / "dashboards"
+    found: set[str] = set()
+
+    def walk(panel: dict[str, Any]) -> None:
+        for t in panel.get("targets", []):
+            text = t.get("queryText") or t.get("url", "")
+            if "stats-type" in text:
+                found.add(text.split("?", 1)[-1])
+        for p in panel.get("panels", []):
+            walk(p)
+
+    for f in sorted(root.glob("*.json")):
+        for panel in json.loads(f.read_text())["panels"]:
+            walk(panel)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("namespace", [".*", "(db|shop)", "shop", "kube\\-system"])
+def test_the_dashboards_queries_answer(client: Client, namespace: str) -> None:
+    """The dashboards' own query strings, substituted as Grafana does (not URL-encoded)."""
+    queries = dashboard_queries()
+    assert queries, "no graph query found in the dashboards"
+    for text in queries:
+        for stats_type in STATS_TYPES:
+            for level in LEVELS:
+                q = (
+                    text.replace("${namespace:regex}", namespace)
+                    .replace("$include", "")
+                    .replace("$exclude", "")
+                    .replace("$statstype", stats_type)
+                    .replace("$level", level)
+                    .replace("${__from}", str(FROM_MS))
+                    .replace("${__to}", str(TO_MS))
+                )
+                for path in ("/api/graph/fields", "/api/graph/data"):
+                    status, _, body = client.get(f"{path}?{q}")
+                    assert status == 200, (q, body)
+                if namespace != "kube\\-system":
+                    assert body["nodes"], q
