@@ -128,7 +128,7 @@ def test_every_source_on_either_agent(lab: NetLab, tmp_path: Path) -> None:
                 work,
                 agent_config(tmp_path, prom_url),
                 node=node,
-                listen=f"0.0.0.0:{AGENT_PORT}",
+                listen="0.0.0.0",
             )
         )
     a1, a2 = agents
