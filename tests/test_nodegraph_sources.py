@@ -76,6 +76,16 @@ def test_store_buckets_window_and_late_records() -> None:
     assert store.too_old == 1
     one = store.edges(t0 + 60 * 7, t0 + 60 * 7 + 59)
     assert [st.values[E.CONNECTIONS] for _, _, st in one] == [2]
+    # late into a bucket this edge had no traffic in: inserted before its newest
+    store.add(rec("c/c/c-1", "d/d/d-1", end=t0 + 60 * 9, bytes_sent=1))
+    store.add(rec("c/c/c-1", "d/d/d-1", end=t0 + 60 * 7, bytes_sent=2))
+
+    def cd(lo: int, hi: int) -> tuple[float, float]:
+        got = store.edges(t0 + 60 * lo, t0 + 60 * hi + 59)
+        (st,) = [st for s, _, st in got if s.workload == "c"]
+        return st.values[E.CONNECTIONS], st.values[E.SENT]
+
+    assert (cd(7, 7), cd(9, 9), cd(7, 9), cd(8, 9)) == ((1, 2), (1, 1), (2, 3), (1, 1))
     with pytest.raises(ValueError):
         LocalGraphStore(window=10, bucket=60)
 
