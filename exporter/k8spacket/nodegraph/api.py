@@ -184,9 +184,12 @@ class GraphAPI:
 
     def data(self, raw: str) -> Response:
         try:
+            q = self.query(raw)
+            source = self.sources[q.source or self.default]
+            # the pause covers CPU-bound work only, never a wait on the network
+            with _gc_paused() if source.name == "local" else contextlib.nullcontext():
+                answer = source.edges(q.since, q.until)
             with _gc_paused():
-                q = self.query(raw)
-                answer = self.sources[q.source or self.default].edges(q.since, q.until)
                 detail = {**answer.detail, "from": q.since, "to": q.until}
                 return 200, JSON, graph_json(answer.edges, q, answer.note, detail)
         except QueryError as e:
