@@ -378,3 +378,35 @@ def test_the_dashboards_queries_answer(client: Client, namespace: str) -> None:
                     assert status == 200, (q, body)
                 if namespace != "kube\\-system":
                     assert body["nodes"], q
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_contract_holds_for_random_traffic(seed: int) -> None:
+    """Random ends, outcomes, closes and sizes: every view and level keeps the contract."""
+    import random
+
+    rnd = random.Random(seed)
+    store = LocalGraphStore(window=3600, bucket=10)
+    outcomes = [("established", "fin"), ("established", "rst"), ("refused", "rst"),
+                ("unanswered", "idle"), ("midstream", "fin"), ("established", None)]  # fmt: skip
+    for _ in range(400):
+        ends = []
+        for _side in range(2):
+            pick = rnd.random()
+            if pick < 0.6:
+                ends.append(f"ns{rnd.randrange(3)}/w{rnd.randrange(8)}/p{rnd.randrange(20)}")
+            else:
+                ends.append(f"10.9.{rnd.randrange(4)}.{rnd.randrange(9)}")
+        outcome, close = rnd.choice(outcomes)
+        extra: dict[str, Any] = {}
+        if rnd.random() < 0.2:
+            extra = {"dst_org": rnd.choice(["Google", "Telstra"]), "dst_country": "US"}
+        store.add(rec(*ends, outcome=outcome, close=close, first=rnd.random() < 0.9,
+                      bytes_sent=rnd.randrange(10_000), end=NOW - rnd.randrange(600),
+                      duration_seconds=rnd.choice([0.001, 0.7, 30.0, 4000.0]), **extra))  # fmt: skip
+    for stats_type in STATS_TYPES:
+        for level in LEVELS:
+            q = parse_query(f"stats-type={stats_type}&level={level}&{WINDOW}", now=NOW)
+            fields, data = build_graph(store.edges(q.since, q.until), q, "local")
+            assert data["nodes"] and data["edges"]
+            check_graph(fields, data)

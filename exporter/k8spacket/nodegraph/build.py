@@ -267,7 +267,7 @@ def _arcs_connection(v: list[float]) -> dict[str, float]:
         return {"arc__ok": 0, "arc__reset": 0, "arc__failed": 0, "arc__none": 1}
     failed, reset = v[FAILED] / total, v[RESET] / total
     return {
-        "arc__ok": 1 - failed - reset,
+        "arc__ok": max(0.0, 1 - failed - reset),
         "arc__reset": reset,
         "arc__failed": failed,
         "arc__none": 0,
@@ -278,7 +278,7 @@ def _arcs_bytes(v: list[float]) -> dict[str, float]:
     total = v[SENT] + v[RECEIVED]
     if total <= 0:
         return {"arc__received": 0, "arc__answered": 0, "arc__none": 1}
-    return {"arc__received": v[SENT] / total, "arc__answered": 1 - v[SENT] / total, "arc__none": 0}
+    return {"arc__received": v[SENT] / total, "arc__answered": max(0.0, 1 - v[SENT] / total), "arc__none": 0}
 
 
 def _arcs_duration(v: list[float]) -> dict[str, float]:
@@ -290,7 +290,7 @@ def _arcs_duration(v: list[float]) -> dict[str, float]:
     return {
         "arc__short": short,
         "arc__medium": medium,
-        "arc__long": 1 - short - medium,
+        "arc__long": max(0.0, 1 - short - medium),
         "arc__none": 0,
     }
 
