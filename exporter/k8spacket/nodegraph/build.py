@@ -278,7 +278,11 @@ def _arcs_bytes(v: list[float]) -> dict[str, float]:
     total = v[SENT] + v[RECEIVED]
     if total <= 0:
         return {"arc__received": 0, "arc__answered": 0, "arc__none": 1}
-    return {"arc__received": v[SENT] / total, "arc__answered": max(0.0, 1 - v[SENT] / total), "arc__none": 0}
+    return {
+        "arc__received": v[SENT] / total,
+        "arc__answered": max(0.0, 1 - v[SENT] / total),
+        "arc__none": 0,
+    }
 
 
 def _arcs_duration(v: list[float]) -> dict[str, float]:
@@ -345,42 +349,51 @@ def _weight(stats_type: str) -> Callable[[list[float]], float]:
     return ended
 
 
-def _edge_values(
-    stats_type: str, v: list[float], ports: Detail, rate: float, thickness: float
-) -> tuple[Any, ...]:
-    """An edge's values after ``id``, ``source``, ``target``, in field order."""
-    ports_text = ", ".join(sorted(ports)) if len(ports) > 1 else "".join(ports)
-    tail = (thickness, _color(stats_type, v), ports_text, v[CONNECTIONS], v[SENT], v[RECEIVED])
-    if stats_type == "connection":
-        total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
-        failed = v[FAILED] / total if total > 0 else 0.0
-        return (
-            round(v[CONNECTIONS] * rate, 6), round(100 * failed, 4), v[FAILED], v[RESET], *tail
-        )  # fmt: skip
-    if stats_type == "bytes":
-        return (round(v[SENT] * rate, 3), round(v[RECEIVED] * rate, 3), *tail)
+def _ports_text(ports: Detail) -> str:
+    return ", ".join(sorted(ports)) if len(ports) > 1 else "".join(ports)
+
+
+def _edge_connection(v: list[float], ports: Detail, rate: float, thick: float) -> tuple[Any, ...]:
+    total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
+    failed = v[FAILED] / total if total > 0 else 0.0
+    return (
+        round(v[CONNECTIONS] * rate, 6), round(100 * failed, 4), v[FAILED], v[RESET],
+        thick, _health_color(failed), _ports_text(ports), v[CONNECTIONS], v[SENT], v[RECEIVED],
+    )  # fmt: skip
+
+
+def _edge_bytes(v: list[float], ports: Detail, rate: float, thick: float) -> tuple[Any, ...]:
+    return (
+        round(v[SENT] * rate, 3), round(v[RECEIVED] * rate, 3),
+        thick, BLUE, _ports_text(ports), v[CONNECTIONS], v[SENT], v[RECEIVED],
+    )  # fmt: skip
+
+
+def _edge_duration(v: list[float], ports: Detail, rate: float, thick: float) -> tuple[Any, ...]:
     count = ended(v)
     return (
         _r(v[DURATION_SUM] / count) if count else None,
         _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None,
         _r(quantile(0.95, v)),
         count,
-        *tail,
-    )
+        thick, PURPLE, _ports_text(ports), v[CONNECTIONS], v[SENT], v[RECEIVED],
+    )  # fmt: skip
 
 
-def _color(stats_type: str, v: list[float]) -> str:
-    if stats_type == "connection":
-        total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
-        return _health_color(v[FAILED] / total if total > 0 else 0.0)
-    return BLUE if stats_type == "bytes" else PURPLE
+#: per view: an edge's values after ``id``, ``source``, ``target``, in field order
+#: (the colour and the ports text are the 5th and 4th from the end)
+_EDGE_VALUES: dict[str, Callable[[list[float], Detail, float, float], tuple[Any, ...]]] = {
+    "connection": _edge_connection,
+    "bytes": _edge_bytes,
+    "duration": _edge_duration,
+}
 
 
 EdgeValues = tuple[_Node, _Node, tuple[Any, ...]]
 
 
 def _layout(edges: EdgeSet, query: GraphQuery, source: str) -> tuple[list[Row], list[EdgeValues]]:
-    """The node rows, and each edge's ends and values (see :func:`_edge_values`)."""
+    """The node rows, and each edge's ends and values (see :data:`_EDGE_VALUES`)."""
     keep = _matcher(query)
     level, stats_type = query.level, query.stats_type
     seconds = max(query.seconds, 1e-9)
@@ -396,11 +409,12 @@ def _layout(edges: EdgeSet, query: GraphQuery, source: str) -> tuple[list[Row], 
         by_end[e] = n
         return n
 
-    for s, d, st in edges:
+    get = by_end.get
+    for (s, d), st in edges.edges.items():
         if keep is not None and not keep(s, d, st.src_addresses, st.dst_addresses):
             continue
-        a = by_end.get(s) or node(s)
-        b = by_end.get(d) or node(d)
+        a = get(s) or node(s)
+        b = get(d) or node(d)
         v = st.values
         b.incoming.append(v)  # summed once per node below
         if st.dst_addresses and len(b.addresses) < 4:
@@ -426,8 +440,9 @@ def _layout(edges: EdgeSet, query: GraphQuery, source: str) -> tuple[list[Row], 
     scale = 7 / math.sqrt(top) if top > 0 else 0.0
     rate = 1 / seconds
     sqrt = math.sqrt
+    values_of = _EDGE_VALUES[stats_type]
     edge_values = [
-        (a, b, _edge_values(stats_type, v, ports, rate, round(1 + scale * sqrt(weight(v)), 2)))
+        (a, b, values_of(v, ports, rate, round(1 + scale * sqrt(weight(v)), 2)))
         for (a, b), (v, ports) in links.items()
     ]
     return node_rows, edge_values
@@ -466,25 +481,25 @@ def graph_json(edges: EdgeSet, query: GraphQuery, source: str, detail: Any) -> b
     """
     node_rows, edge_values = _layout(edges, query, source)
     template = _EDGE_TEMPLATES[query.stats_type]
-    quoted: dict[int, str] = {}
-
-    def q(n: _Node) -> str:
-        t = quoted.get(id(n))
-        if t is None:
-            t = quoted[id(n)] = _dumps(n.id)
-        return t
-
+    # JSON text of every node id, colour and ports text, escaped once each
+    quoted = {n.id: _dumps(n.id) for n in {x for a, b, _ in edge_values for x in (a, b)}}
+    texts: dict[str, str] = {}
+    get = texts.get
     nullable = query.stats_type == "duration"
-    parts = []
+    parts: list[str] = []
+    append = parts.append
     for a, b, vals in edge_values:
-        qa, qb = q(a), q(b)
-        head = (qa[:-1] + "->" + qb[1:], qa, qb)
-        tail = list(vals)
-        tail[-5] = _dumps(tail[-5])  # the colour
-        tail[-4] = _dumps(tail[-4])  # the ports text
+        qa, qb = quoted[a.id], quoted[b.id]
+        color, ports = vals[-5], vals[-4]
+        tail = (
+            *vals[:-5],
+            get(color) or texts.setdefault(color, _dumps(color)),
+            get(ports) or texts.setdefault(ports, _dumps(ports)),
+            *vals[-3:],
+        )
         if nullable:
-            tail = ["null" if x is None else x for x in tail]
-        parts.append(template % (*head, *tail))
+            tail = tuple("null" if x is None else x for x in tail)
+        append(template % (qa[:-1] + "->" + qb[1:], qa, qb, *tail))
     return (
         '{"nodes":'
         + _dumps(node_rows)
