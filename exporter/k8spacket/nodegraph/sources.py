@@ -61,8 +61,12 @@ LOOKBACK = "5m"
 MAX_RESET_SERIES = 50
 
 
-class SourceError(Exception):
-    """The source cannot answer now (the API answers 503 with this message)."""
+class SourceError(OSError):
+    """The source cannot answer now (the API answers 503 with this message).
+
+    An ``OSError``: like a failed read, it says "try again later", and callers
+    that treat I/O failures as unavailable (the ``/graph`` page) need nothing more.
+    """
 
 
 def http_get(url: str, timeout: float) -> tuple[int, bytes]:
