@@ -82,7 +82,7 @@ class NetnsCaller:
 
 
 class PrometheusServer:
-    """A Prometheus process on 127.0.0.1 scraping one target every second."""
+    """A Prometheus process on 127.0.0.1 scraping its target(s) every second."""
 
     def __init__(
         self,
