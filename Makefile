@@ -38,6 +38,7 @@ bench: deps
 	$(PYTHON) bench/enrichment_callgrind.py
 	$(PYTHON) bench/k8s_cache.py
 	$(PYTHON) bench/live_capture.py
+	$(PYTHON) bench/nodegraph_bench.py
 
 demo: deps-runtime
 	$(PYTHON) -m k8spacket replay --format table --inventory exporter/k8spacket/samples/demo-inventory.yaml exporter/k8spacket/samples/demo.pcap

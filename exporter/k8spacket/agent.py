@@ -64,6 +64,8 @@ from k8spacket.metrics.labels import LabelPolicy, LabelPolicyError
 from k8spacket.metrics.publish_collector import PublishCollector
 from k8spacket.metrics.sources import SelfMetricSources
 from k8spacket.metrics.traffic import TrafficMetrics
+from k8spacket.nodegraph.api import graph_api_from_settings
+from k8spacket.nodegraph.local import LocalGraphStore
 from k8spacket.nodegraph.store import ConnectionStore
 from k8spacket.publish import Publisher, RecordSink
 from k8spacket.server import AgentHTTPServer
@@ -107,6 +109,26 @@ def build_conntrack(settings: Settings) -> ConntrackClient | None:
                 "it needs CAP_NET_ADMIN and the nf_conntrack_netlink module)"
             ) from None
     return client
+
+
+def graph_peers(settings: Settings, cache: K8sCache | None) -> Callable[[], list[str]] | None:
+    """The agents the ``agents`` graph source asks: the DaemonSet's pods, listed per question.
+
+    ``None`` without a Kubernetes cache (a static ``graph.peers`` list is handled by
+    the graph API itself). Pods are hostNetwork, so a pod's address is its node's.
+    """
+    if cache is None:
+        return None
+    from k8spacket.enrich.k8s import list_agent_addresses
+
+    g = settings.graph
+    port = g.peer_port or settings.http.port
+
+    def peers() -> list[str]:
+        ips = list_agent_addresses(cache.api_client, g.peer_namespace, g.peer_selector)
+        return [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
+
+    return peers
 
 
 class Agent:
@@ -211,6 +233,16 @@ class Agent:
                 lambda: {n: st.not_owner for n, st in self._istats().items()},
             )
         )
+        self.graph_store = LocalGraphStore(s.graph.window, s.graph.bucket)
+        self.graph = graph_api_from_settings(
+            s,
+            self.graph_store,
+            peers=graph_peers(s, self.naming.k8s),
+            in_cluster=self.naming.k8s is not None,
+            node=self.node_name,
+            clock=clock,
+        )
+        self.record_sinks.append(self.graph_store.add)
         self.registry.register(
             PublishCollector(lambda: self.publisher.dropped, self.publisher.counters)
         )
@@ -221,6 +253,7 @@ class Agent:
             self.store,
             self.readiness,
             liveness=self.supervisor.health,
+            raw_routes=self.graph.routes(),
         )
         self._stop = threading.Event()
         self._threads: list[Supervised] = []
