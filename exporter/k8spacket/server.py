@@ -14,7 +14,9 @@ thread and never touches this module). Paths:
   ``include``/``exclude`` (regexps on ``src_name``/``dst_name``/addresses; a bad
   regexp is a 400 with a JSON error).
 
-Other paths (the graph fields/data answers) can be added with ``routes``.
+Other paths (the graph fields/data answers) can be added with ``routes``;
+``graph`` (a callable turning a Node Graph query into its answer) adds the
+topology page ``/graph`` (``nodegraph/render.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from k8spacket.nodegraph.render import GraphBuilder, graph_page_route
 from k8spacket.nodegraph.store import ConnectionStore, Record
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,7 @@ class AgentHTTPServer:
         store: ConnectionStore,
         ready: Callable[[], bool],
         routes: Mapping[str, Route] | None = None,
+        graph: GraphBuilder | None = None,
     ) -> None:
         self.registry = registry
         self.ready = ready
@@ -116,6 +120,8 @@ class AgentHTTPServer:
             "/nodegraph/api/health": health,
             **(routes or {}),
         }
+        if graph is not None:  # the topology page, drawn from the graph builder's answer
+            self.routes["/graph"] = graph_page_route(graph)
         handler = self._handler_class()
         server_class = _V6Server if ":" in host else ThreadingHTTPServer
         self.httpd = server_class((host, port), handler)
