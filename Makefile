@@ -30,5 +30,12 @@ bench: deps
 	$(PYTHON) bench/k8s_cache.py
 	$(PYTHON) bench/live_capture.py
 
+# The live demo (root: network namespaces); exit status 3 means it cannot run here,
+# and the replay of the sample capture is shown instead.
 demo: deps-runtime
-	k8spacket replay --format table --inventory exporter/k8spacket/samples/demo-inventory.yaml exporter/k8spacket/samples/demo.pcap
+	bash scripts/deps.d/40-demo-graphviz.sh
+	k8spacket demo; rc=$$?; \
+	if [ $$rc -eq 3 ]; then \
+	  echo "make demo: replaying the sample capture instead" >&2; \
+	  k8spacket replay --format table --inventory exporter/k8spacket/samples/demo-inventory.yaml exporter/k8spacket/samples/demo.pcap; \
+	elif [ $$rc -ne 0 ]; then exit $$rc; fi

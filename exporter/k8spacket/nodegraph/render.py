@@ -202,6 +202,8 @@ def svg_without_prolog(svg: bytes) -> str:
 def page(svg: bytes, refresh: int, query: str, title: str = "k8spacket topology") -> bytes:
     meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh > 0 else ""
     q = html.escape(query) or "(defaults)"
+    every = f"refreshes every {refresh}s" if refresh > 0 else "does not refresh"
+    amp = html.escape(query + "&") if query else ""
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{meta}
 <title>{html.escape(title)}</title>
@@ -214,7 +216,7 @@ def page(svg: bytes, refresh: int, query: str, title: str = "k8spacket topology"
 </style></head>
 <body><h1>{html.escape(title)}</h1>
 <div class="meta">query: <code>{q}</code>
- &middot; refreshes every {refresh}s &middot; <a href="?{html.escape(query)}&amp;format=svg">SVG</a>
+ &middot; {every} &middot; <a href="?{amp}format=svg">SVG</a>
  &middot; <a href="/api/graph/data?{html.escape(query)}">JSON</a>
  <span class="legend">&middot; <span style="color:{RED}">red edge: refused, unanswered or
  reset connections</span></span></div>
