@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from browser import artifacts_dir, dump_dom, ink, png_pixels, screenshot
 from conftest import require_tool
-
 from k8spacket import cli
 from k8spacket.demo import netns as demo_netns
 from k8spacket.demo import runner

@@ -14,10 +14,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from browser import artifacts_dir, dump_dom, ink, png_pixels, reddish, screenshot
-from conftest import require_tool
 from prometheus_client.registry import CollectorRegistry
 
+from browser import artifacts_dir, dump_dom, ink, png_pixels, reddish, screenshot
+from conftest import require_tool
 from k8spacket.nodegraph import render
 from k8spacket.nodegraph.store import ConnectionStore
 from k8spacket.server import AgentHTTPServer
