@@ -8,9 +8,10 @@ real AgentHTTPServer. tests/test_demo.py opens the page of a running demo.
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,36 +24,67 @@ from k8spacket.nodegraph.store import ConnectionStore
 from k8spacket.server import AgentHTTPServer
 
 
-def graph_answer(stats: str = "connection") -> dict[str, Any]:
-    """A small cluster: web → api (fine), web → api:8081 (refused), api → GITHUB (external)."""
-    unit = "conn/s" if stats == "connection" else "B/s"
-    return {
+def _fields(stats: str) -> dict[str, Any]:
+    if stats == "connection":
+        node_stats = [
+            {"field_name": "mainStat", "type": "number", "displayName": "Connections in /s"}
+        ]
+        edge_stats = [
+            {"field_name": "mainStat", "type": "number", "displayName": "Connections /s"},
+            {"field_name": "secondaryStat", "type": "number", "displayName": "Failed %"},
+        ]
+    else:
+        node_stats = [{"field_name": "mainStat", "type": "number", "displayName": "Received B/s"}]
+        edge_stats = [
+            {"field_name": "mainStat", "type": "number", "displayName": "Sent B/s"},
+            {"field_name": "secondaryStat", "type": "number", "displayName": "Received B/s"},
+        ]
+    return {"nodes_fields": [{"field_name": "id", "type": "string"}, *node_stats],
+            "edges_fields": [{"field_name": "id", "type": "string"}, *edge_stats]}  # fmt: skip
+
+
+def graph_answer(stats: str = "connection") -> render.View:
+    """A small cluster: web → api (fine), web → cache (refused), api → GITHUB (external)."""
+    conn = stats == "connection"
+    data = {
         "nodes": [
-            {"id": "shop/web", "title": "web", "subTitle": "shop", "mainStat": f"0 {unit}",
+            {"id": "pod:shop/web", "title": "web", "subTitle": "shop", "mainStat": 0,
+             "detail__kind": "pod", "detail__country": ""},
+            {"id": "pod:shop/api", "title": "api", "subTitle": "shop",
+             "mainStat": 2.5 if conn else 12_000, "detail__kind": "pod"},
+            {"id": "pod:shop/cache", "title": "cache", "subTitle": "shop", "mainStat": 0.3,
              "detail__kind": "pod"},
-            {"id": "shop/api", "title": "api", "subTitle": "shop", "mainStat": f"2.5 {unit}",
-             "detail__kind": "pod"},
-            {"id": "external/GITHUB", "title": "GITHUB", "subTitle": "US",
-             "mainStat": f"0.5 {unit}", "detail__kind": "external"},
+            {"id": "external:/GITHUB", "title": "GITHUB", "subTitle": "external",
+             "mainStat": 0.5 if conn else 300, "detail__kind": "external",
+             "detail__country": "US"},
         ],
         "edges": [
-            {"id": "shop/web>shop/api:8080", "source": "shop/web", "target": "shop/api",
-             "mainStat": f"2 {unit}", "secondaryStat": "0% failed", "color": "green"},
-            {"id": "shop/web>shop/api:8081", "source": "shop/web", "target": "shop/api",
-             "mainStat": f"0.3 {unit}", "secondaryStat": "100% failed", "color": "red"},
-            {"id": "shop/api>external/GITHUB:443", "source": "shop/api",
-             "target": "external/GITHUB", "mainStat": f"0.5 {unit}", "color": "green"},
+            {"id": "pod:shop/web->pod:shop/api", "source": "pod:shop/web",
+             "target": "pod:shop/api", "mainStat": 2 if conn else 1500,
+             "secondaryStat": 0 if conn else 12_000, "color": "#73bf69" if conn else "#5794f2",
+             "detail__failed": 0, "detail__reset": 0},
+            {"id": "pod:shop/web->pod:shop/cache", "source": "pod:shop/web",
+             "target": "pod:shop/cache", "mainStat": 0.3 if conn else 0,
+             "secondaryStat": 100 if conn else 0, "color": "#f2495c" if conn else "#5794f2",
+             "detail__failed": 9, "detail__reset": 0},
+            {"id": "pod:shop/api->external:/GITHUB", "source": "pod:shop/api",
+             "target": "external:/GITHUB", "mainStat": 0.5 if conn else 100,
+             "secondaryStat": 0 if conn else 300, "color": "#73bf69" if conn else "#5794f2"},
         ],
     }  # fmt: skip
+    return _fields(stats), data
 
 
-def builder(calls: list[Mapping[str, list[str]]] | None = None) -> render.GraphBuilder:
-    def build(query: Mapping[str, list[str]]) -> dict[str, Any]:
+def builder(calls: list[str] | None = None) -> render.GraphBuilder:
+    def build(raw: str) -> render.View:
         if calls is not None:
-            calls.append(query)
-        if query.get("namespace") == ["(bad"]:
+            calls.append(raw)
+        parts = dict(render.split_raw(raw))
+        if parts.get("namespace") == "(bad":
             raise ValueError("namespace: bad regexp '(bad'")
-        return graph_answer((query.get("stats-type") or ["connection"])[0])
+        if parts.get("source") == "prometheus":
+            raise OSError("prometheus: connection refused")
+        return graph_answer(parts.get("stats-type") or "connection")
 
     return build
 
@@ -78,23 +110,40 @@ def test_edge_failing(edge: dict[str, Any], failing: bool) -> None:
     assert render.edge_failing(edge) is failing
 
 
+@pytest.mark.parametrize(
+    ("value", "display", "text"),
+    [
+        (2.5, "Connections /s", "2.5 conn/s"),
+        (12_000, "Sent B/s", "↑ 12.0 kB/s"),
+        (300, "Received B/s", "↓ 300 B/s"),
+        (25, "Failed %", "25% failed"),
+        (0.004, "Avg duration s", "0.004 s"),
+        (None, "Connections /s", ""),
+        ("7 conn/s", "", "7 conn/s"),
+    ],
+    ids=["conn-rate", "sent", "received", "failed", "seconds", "none", "preformatted"],
+)
+def test_stat_text(value: Any, display: str, text: str) -> None:
+    assert render.stat_text(value, display) == text
+
+
 def test_dot_names_workloads_labels_rates_and_colours_failing_edges_red() -> None:
     dot = render.to_dot(graph_answer("connection"), graph_answer("bytes"))
-    for name in ("web", "api", "GITHUB"):
+    for name in ("web", "api", "cache", "GITHUB"):
         assert f"<B>{name}</B>" in dot
-    assert "2 conn/s" in dot and "2 B/s" in dot  # both rates on the edge
-    lines = {line.split("[")[0].strip(): line for line in dot.splitlines() if "->" in line}
-    assert len(lines) == 2 or len([ln for ln in dot.splitlines() if "->" in ln]) == 3
     edge_lines = [ln for ln in dot.splitlines() if "->" in ln]
+    assert len(edge_lines) == 3
+    assert "2 conn/s" in dot and "↑ 1.5 kB/s" in dot and "↓ 12.0 kB/s" in dot
     red = [ln for ln in edge_lines if render.RED in ln]
-    assert len(red) == 1 and "0.3 conn/s" in red[0]
-    assert "shape=ellipse" in dot  # the external organisation
+    assert len(red) == 1 and "100% failed" in red[0] and "0.3 conn/s" in red[0]
+    assert not re.search(r"[^0-9]0% failed", dot)  # a healthy edge does not say so
+    assert "shape=ellipse" in dot and "external · US" in dot  # the organisation and its country
 
 
 def test_dot_never_dangles_and_says_when_empty() -> None:
-    dot = render.to_dot({"nodes": [], "edges": [{"id": "e", "source": "a", "target": "b"}]})
-    assert '"a"' in dot or "\ta " in dot
-    assert "no traffic" in render.to_dot({"nodes": [], "edges": []})
+    dot = render.to_dot(({}, {"nodes": [], "edges": [{"id": "e", "source": "a", "target": "b"}]}))
+    assert len([ln for ln in dot.splitlines() if "label=<<B>a</B>>" in ln]) == 1
+    assert "no traffic" in render.to_dot(({}, {"nodes": [], "edges": []}))
 
 
 def test_svg_has_the_names() -> None:
@@ -107,42 +156,46 @@ def test_svg_has_the_names() -> None:
 
 
 @pytest.mark.parametrize(
-    ("query", "status", "ctype"),
+    ("raw", "status", "ctype"),
     [
-        ({}, 200, "text/html; charset=utf-8"),
-        ({"format": ["svg"]}, 200, "image/svg+xml"),
-        ({"format": ["png"]}, 200, "image/png"),
-        ({"format": ["dot"]}, 200, "text/vnd.graphviz; charset=utf-8"),
-        ({"format": ["gif"]}, 400, "application/json"),
-        ({"refresh": ["soon"]}, 400, "application/json"),
-        ({"refresh": ["-1"]}, 400, "application/json"),
-        ({"namespace": ["(bad"]}, 400, "application/json"),
+        ("", 200, "text/html; charset=utf-8"),
+        ("format=svg", 200, "image/svg+xml"),
+        ("format=png", 200, "image/png"),
+        ("format=dot&level=pod", 200, "text/vnd.graphviz; charset=utf-8"),
+        ("format=gif", 400, "application/json"),
+        ("refresh=soon", 400, "application/json"),
+        ("refresh=-1", 400, "application/json"),
+        ("window=0", 400, "application/json"),
+        ("namespace=(bad", 400, "application/json"),
+        ("source=prometheus", 503, "application/json"),
     ],
     ids=["html", "svg", "png", "dot", "bad-format", "bad-refresh", "negative-refresh",
-         "builder-rejects"],
+         "no-window", "builder-rejects", "source-down"],
 )  # fmt: skip
-def test_route_answers(query: dict[str, list[str]], status: int, ctype: str) -> None:
+def test_route_answers(raw: str, status: int, ctype: str) -> None:
     require_tool("dot")
-    got_status, got_ctype, body = render.graph_page_route(builder())(query)
+    got_status, got_ctype, body = render.graph_page_route(builder())(raw)
     assert (got_status, got_ctype) == (status, ctype), body[:300]
-    if status == 400:
+    if status >= 400:
         assert json.loads(body)["error"]
     if ctype == "image/png":
         assert body[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_route_asks_for_both_views_unless_told_and_passes_the_query_on() -> None:
+def test_route_asks_for_both_views_and_passes_the_raw_query_on() -> None:
     require_tool("dot")
-    calls: list[Mapping[str, list[str]]] = []
-    route = render.graph_page_route(builder(calls))
-    status, _, body = route({"namespace": ["shop"], "refresh": ["7"]})
+    calls: list[str] = []
+    route = render.graph_page_route(builder(calls), clock=lambda: 1_800_000_000.0)
+    status, _, body = route("include=a+b&refresh=7&window=60")
     assert status == 200
-    assert [c["stats-type"] for c in calls] == [["connection"], ["bytes"]]
-    assert all(c["namespace"] == ["shop"] and "refresh" not in c for c in calls)
+    assert calls == [
+        f"include=a+b&from={1_800_000_000_000 - 60_000}&to=1800000000000&stats-type=connection",
+        f"include=a+b&from={1_800_000_000_000 - 60_000}&to=1800000000000&stats-type=bytes",
+    ]  # the + of the regexp is kept, the page's own parameters are not passed on
     assert b'<meta http-equiv="refresh" content="7">' in body
     calls.clear()
-    route({"stats-type": ["duration"], "refresh": ["0"]})
-    assert [c["stats-type"] for c in calls] == [["duration"]]
+    route("stats-type=duration&refresh=0&from=1&to=2")
+    assert calls == ["stats-type=duration&from=1&to=2"]
 
 
 @pytest.fixture
@@ -159,7 +212,7 @@ def page_server() -> Iterator[AgentHTTPServer]:
 def test_server_serves_graph(page_server: AgentHTTPServer) -> None:
     require_tool("dot")
     base = f"http://127.0.0.1:{page_server.port}"
-    with urllib.request.urlopen(base + "/graph?refresh=3") as answer:
+    with urllib.request.urlopen(base + "/graph?refresh=3&include=a+b") as answer:
         assert answer.headers["Content-Type"].startswith("text/html")
         assert b'content="3"' in answer.read()
     with pytest.raises(urllib.error.HTTPError) as err:

@@ -120,8 +120,8 @@ class AgentHTTPServer:
             "/nodegraph/api/health": health,
             **(routes or {}),
         }
-        if graph is not None:  # the topology page, drawn from the graph builder's answer
-            self.routes["/graph"] = graph_page_route(graph)
+        #: the topology page, drawn from the graph builder's answer (a raw-query route)
+        self.graph_page = graph_page_route(graph) if graph is not None else None
         handler = self._handler_class()
         server_class = _V6Server if ":" in host else ThreadingHTTPServer
         self.httpd = server_class((host, port), handler)
@@ -167,6 +167,8 @@ class AgentHTTPServer:
                         "text/plain; charset=utf-8",
                         b"ready\n" if ok else b"not ready\n",
                     )
+                elif path == "/graph" and server.graph_page is not None:
+                    self._send(*server.graph_page(url.query))
                 elif path in server.routes:
                     status, ctype, body = server.routes[path](parse_qs(url.query))
                     self._send(status, ctype, body)

@@ -137,6 +137,7 @@ class Demo:
         self.notes: list[str] = []
         self._prev: dict[str, tuple[float, float, float]] = {}
         self._batch_thread: threading.Thread | None = None
+        self.traffic_started = time.time()
 
     # ------------------------------------------------------------ building
     def say(self, line: str) -> None:
@@ -268,6 +269,7 @@ class Demo:
     # ------------------------------------------------------------- traffic
     def start_traffic(self, flows: tuple[Flow, ...] = FLOWS, batch: BatchSchedule = BATCH) -> None:
         self.traffic = TrafficRunner(self.topo, flows, seed=self.opts.seed)
+        self.traffic_started = time.time()
         self.traffic.start_servers(servers(flows))
         self.traffic.start_flows()
         self._batch_thread = threading.Thread(target=self._batch_cycle, args=(batch,),
@@ -301,7 +303,7 @@ class Demo:
     # ---------------------------------------------------------------- look
     def urls(self) -> dict[str, str]:
         prom = "prometheus" in self.forwarders
-        q = "?source=prometheus" if prom else ""
+        q = f"?source={self.cluster_sources()[0]}"
         out = {"graph page": self.forwarders["node1"].url + "/graph" + q}
         for n in self.topo.nodes:
             f = self.forwarders[f"node{n}"]
@@ -372,28 +374,48 @@ class Demo:
 
     # ------------------------------------------------------------- results
     def graph_answers(self) -> dict[str, Any]:
-        """The Node Graph answers: each agent's own, and Prometheus' cluster-wide one."""
+        """Node Graph answers over the whole run: each agent's own, and the cluster-wide one.
+
+        Keys ``node1/bytes``, ``prometheus/connection``, ``agents/…`` (data) and
+        ``fields/connection``, ``fields/bytes``; a failed request gives ``{"error"}``.
+        """
+        window = (
+            f"from={int(self.traffic_started * 1000) - 2000}&to={int(time.time() * 1000) + 1000}"
+        )
         out: dict[str, Any] = {}
+        first = self.forwarders["node1"].url
+
+        def get(key: str, url: str) -> None:
+            try:
+                out[key] = observe.http_json(url)
+            except (OSError, ValueError) as e:
+                out[key] = {"error": str(e)}
+
         for stats in ("connection", "bytes"):
+            get(f"fields/{stats}", f"{first}/api/graph/fields?stats-type={stats}")
             for n in self.topo.nodes:
-                url = f"{self.forwarders[f'node{n}'].url}/api/graph/data?stats-type={stats}&source=local"
-                try:
-                    out[f"node{n}/{stats}"] = observe.http_json(url)
-                except (OSError, ValueError) as e:
-                    out[f"node{n}/{stats}"] = {"error": str(e)}
-            if "prometheus" in self.forwarders:
-                url = f"{self.forwarders['node1'].url}/api/graph/data?stats-type={stats}&source=prometheus"
-                try:
-                    out[f"prometheus/{stats}"] = observe.http_json(url)
-                except (OSError, ValueError) as e:
-                    out[f"prometheus/{stats}"] = {"error": str(e)}
+                base = self.forwarders[f"node{n}"].url
+                get(
+                    f"node{n}/{stats}",
+                    f"{base}/api/graph/data?stats-type={stats}&source=local&{window}",
+                )
+            for source in self.cluster_sources():
+                get(
+                    f"{source}/{stats}",
+                    f"{first}/api/graph/data?stats-type={stats}&source={source}&{window}",
+                )
         return out
 
+    def cluster_sources(self) -> list[str]:
+        """Graph sources that show the whole cluster here (best first)."""
+        return (["prometheus"] if "prometheus" in self.forwarders else []) + ["agents"]
+
     def cluster_graph(self, answers: dict[str, Any], stats: str) -> dict[str, Any]:
-        """The whole cluster's graph: Prometheus' answer, else the agents' answers merged."""
-        prom = answers.get(f"prometheus/{stats}")
-        if isinstance(prom, dict) and "nodes" in prom and prom.get("edges"):
-            return prom
+        """The whole cluster's graph: Prometheus' or the agents' answer, else both agents' merged."""
+        for source in self.cluster_sources():
+            doc = answers.get(f"{source}/{stats}")
+            if isinstance(doc, dict) and doc.get("edges"):
+                return doc
         nodes: dict[str, Any] = {}
         edges: dict[str, Any] = {}
         for n in self.topo.nodes:
@@ -477,11 +499,13 @@ class Demo:
     def write_picture(self, answers: dict[str, Any]) -> list[Path]:
         from k8spacket.nodegraph import render
 
-        graph = self.cluster_graph(answers, "connection")
-        extra = self.cluster_graph(answers, "bytes")
-        title = "k8spacket demo: " + ("whole cluster (Prometheus)" if answers.get(
-            "prometheus/connection", {}).get("edges") else "both agents")  # fmt: skip
-        dot_source = render.to_dot(graph, extra, title=title)
+        def view(stats: str) -> render.View:
+            fields = answers.get(f"fields/{stats}") or {}
+            return ({} if "error" in fields else fields), self.cluster_graph(answers, stats)
+
+        elapsed = time.time() - self.traffic_started
+        title = f"k8spacket demo: the whole cluster, {elapsed:.0f} s of traffic"
+        dot_source = render.to_dot(view("connection"), view("bytes"), title=title)
         svg_path = self.opts.picture
         written = []
         svg_path.write_bytes(render.render(dot_source, "svg"))
