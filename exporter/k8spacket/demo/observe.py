@@ -63,7 +63,8 @@ class Edge:
 
     @property
     def resets(self) -> float:
-        return self.closed.get("rst", 0.0)
+        """Established connections that ended with an RST (a refused one also closes so)."""
+        return max(0.0, self.closed.get("rst", 0.0) - self.connections.get("refused", 0.0))
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -551,7 +551,7 @@ def run_demo(opts: DemoOptions, out: IO[str] = sys.stdout) -> int:
         raise DemoUnavailable("the demo draws its graph with Graphviz: apt-get install graphviz")
     with single_run(opts.prefix):
         demo = Demo(opts, out)
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
         def on_signal(signum: int, frame: Any) -> None:
             demo.stop.set()
