@@ -161,17 +161,19 @@ def edges_from_metrics(scrapes: Iterable[Scrape]) -> list[Edge]:
 
 
 #: self-metrics that count something lost or left out, shown as "drops"
-DROP_FAMILIES = (
-    "k8spacket_capture_drops_total",
-    "k8spacket_publish_dropped_total",
-    "k8spacket_series_overflow_total",
-    "k8spacket_flows_evicted_total",
+#: (name, label filter): idle evictions are normal (a pod deleted mid-connection), a full table is not
+DROP_FAMILIES: tuple[tuple[str, dict[str, str]], ...] = (
+    ("k8spacket_capture_drops_total", {}),
+    ("k8spacket_publish_dropped_total", {}),
+    ("k8spacket_series_overflow_total", {}),
+    ("k8spacket_flows_evicted_total", {"reason": "capacity"}),
 )
 
 
 def drops(scrapes: Iterable[Scrape]) -> dict[str, float]:
-    out = dict.fromkeys(DROP_FAMILIES, 0.0)
+    out: dict[str, float] = {}
     for sc in scrapes:
-        for name in DROP_FAMILIES:
-            out[name] += sc.total(name)
+        for name, match in DROP_FAMILIES:
+            key = name + "".join(f'{{{k}="{v}"}}' for k, v in match.items())
+            out[key] = out.get(key, 0.0) + sc.total(name, **match)
     return out

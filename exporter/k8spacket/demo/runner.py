@@ -49,6 +49,7 @@ from k8spacket.demo import geo, observe
 from k8spacket.demo.forward import Forwarder
 from k8spacket.demo.netns import (
     DemoNetwork,
+    NetnsError,
     demo_links,
     demo_namespaces,
     netns_unavailable,
@@ -56,7 +57,7 @@ from k8spacket.demo.netns import (
 )
 from k8spacket.demo.plan import BATCH, FLOWS, INTERNET, BatchSchedule, Flow, pairs, servers
 from k8spacket.demo.topology import AGENT_PORT, DEFAULT_BASE_PORT, PODS, PROMETHEUS_PORT, Topology
-from k8spacket.demo.traffic import TrafficRunner
+from k8spacket.demo.traffic import TrafficError, TrafficRunner
 from k8spacket.demo.view import ViewState, edge_label, progress_line, render_view
 
 log = logging.getLogger(__name__)
@@ -562,8 +563,11 @@ def run_demo(opts: DemoOptions, out: IO[str] = sys.stdout) -> int:
         failed = True
         try:
             demo.say(f"k8spacket demo: building the cluster (prefix {opts.prefix}) …")
-            demo.build()
-            demo.start_traffic()
+            try:
+                demo.build()
+                demo.start_traffic()
+            except (NetnsError, geo.GeoDataError, TrafficError) as e:
+                raise DemoError(str(e)) from None
             demo.say("k8spacket demo: running; open " + demo.urls()["graph page"])
             for name, url in demo.urls().items():
                 demo.say(f"  {name}: {url}")

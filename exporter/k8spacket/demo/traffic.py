@@ -36,6 +36,10 @@ IO_TIMEOUT = 3.0
 MAX_HEADER = 8192
 
 
+class TrafficError(RuntimeError):
+    """A server of the plan could not start (one line)."""
+
+
 @dataclass
 class FlowStats:
     attempts: int = 0
@@ -132,7 +136,7 @@ class TrafficRunner:
         deadline = time.monotonic() + timeout
         for ev in ready:
             if not ev.wait(max(0.0, deadline - time.monotonic())):
-                raise RuntimeError("a demo server did not start listening (see the log)")
+                raise TrafficError("a demo server did not start listening (see the log above)")
 
     def _serve(self, port: int, ready: threading.Event) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
