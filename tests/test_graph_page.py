@@ -138,6 +138,8 @@ def test_dot_names_workloads_labels_rates_and_colours_failing_edges_red() -> Non
     assert len(red) == 1 and "100% failed" in red[0] and "0.3 conn/s" in red[0]
     assert not re.search(r"[^0-9]0% failed", dot)  # a healthy edge does not say so
     assert "shape=ellipse" in dot and "external · US" in dot  # the organisation and its country
+    web = next(ln for ln in dot.splitlines() if "<B>web</B>" in ln)
+    assert "conn/s" not in web  # a client-only node has no server stats to show
 
 
 def test_dot_never_dangles_and_says_when_empty() -> None:

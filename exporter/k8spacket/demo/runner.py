@@ -304,7 +304,7 @@ class Demo:
     # ---------------------------------------------------------------- look
     def urls(self) -> dict[str, str]:
         prom = "prometheus" in self.forwarders
-        q = f"?source={self.cluster_sources()[0]}"
+        q = f"?source={self.cluster_sources()[0]}&window=60"  # rates over the last minute
         out = {"graph page": self.forwarders["node1"].url + "/graph" + q}
         for n in self.topo.nodes:
             f = self.forwarders[f"node{n}"]

@@ -215,11 +215,17 @@ def to_dot(view: View, extra: View | None = None, title: str = "") -> str:
         country = str(n.get("detail__country") or "")
         if country and country not in sub:
             sub = f"{sub} · {country}" if sub else country
+        # a node's stats describe it as a server: a client-only node shows none
         lines = [
             (str(n.get("title") or "unknown"), "b"),
             (sub, "s"),
-            (stat_text(n.get("mainStat"), nd.get("mainStat", "")), ""),
-            (stat_text(other.get("mainStat"), xnd.get("mainStat", "")), "s"),
+            (stat_text(n.get("mainStat"), nd.get("mainStat", "")) if n.get("mainStat") else "", ""),
+            (
+                stat_text(other.get("mainStat"), xnd.get("mainStat", ""))
+                if other.get("mainStat")
+                else "",
+                "s",
+            ),
         ]
         g.node(dot_id(nid), label=_html_label(lines),
                shape="ellipse" if kind == "external" else "box",
