@@ -29,14 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from browser import artifacts_dir, dump_dom, ink, png_pixels, screenshot
 from conftest import require_tool
 from k8spacket import cli
 from k8spacket.demo import netns as demo_netns
-from k8spacket.demo import runner
+from k8spacket.demo import observe, runner
 from k8spacket.demo.plan import FLOWS, INTERNET, pairs
 from k8spacket.demo.topology import PODS, PrefixError, Topology, check_prefix
+from k8spacket.demo.view import ViewState, progress_line, render_view
 from k8spacket.enrich.inventory import Inventory
 
 DURATION = 30
@@ -86,6 +88,51 @@ def test_makefile_demo_falls_back_to_the_replay() -> None:
     text = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     target = text[text.index("\ndemo:") :].split("\n\n")[0]
     assert "k8spacket demo" in target and "k8spacket replay" in target and "-eq 3" in target
+
+
+EXPOSITION = """\
+# TYPE k8spacket_tcp_sent_bytes_total counter
+k8spacket_tcp_sent_bytes_total{src_namespace="shop",src_workload="web",src_kind="pod",dst_namespace="shop",dst_workload="api",dst_kind="pod",dst_port="8080"} 300
+# TYPE k8spacket_tcp_received_bytes_total counter
+k8spacket_tcp_received_bytes_total{src_namespace="shop",src_workload="web",src_kind="pod",dst_namespace="shop",dst_workload="api",dst_kind="pod",dst_port="8080"} 9000
+# TYPE k8spacket_tcp_connections_total counter
+k8spacket_tcp_connections_total{src_namespace="shop",src_workload="web",src_kind="pod",dst_namespace="shop",dst_workload="api",dst_kind="pod",dst_port="8080",outcome="established"} 3
+k8spacket_tcp_connections_total{src_namespace="shop",src_workload="web",src_kind="pod",dst_namespace="shop",dst_workload="api",dst_kind="pod",dst_port="8081",outcome="refused"} 2
+# TYPE k8spacket_tcp_connections_closed_total counter
+k8spacket_tcp_connections_closed_total{src_namespace="shop",src_workload="web",src_kind="pod",dst_namespace="shop",dst_workload="api",dst_kind="pod",dst_port="8081",close="rst"} 2
+k8spacket_tcp_connections_closed_total{src_namespace="shop",src_workload="web",src_kind="pod",dst_namespace="shop",dst_workload="api",dst_kind="pod",dst_port="8080",close="rst"} 1
+# TYPE k8spacket_flows_evicted_total counter
+k8spacket_flows_evicted_total{reason="idle"} 4
+"""
+
+
+def test_edges_summed_over_agents_and_resets_apart_from_refusals() -> None:
+    one = observe.Scrape(
+        [(s.name, dict(s.labels), float(s.value))
+         for f in text_string_to_metric_families(EXPOSITION) for s in f.samples]
+    )  # fmt: skip
+    edges = {(e.dst_port): e for e in observe.edges_from_metrics([one, one])}
+    ok, refused = edges["8080"], edges["8081"]
+    assert (ok.bytes_sent, ok.bytes_received, ok.connections) == (600, 18000, {"established": 6})
+    assert (ok.resets, ok.failures) == (2, 0)
+    assert (refused.failures, refused.resets) == (4, 0)  # refused closes by RST: not a reset
+    assert all(v == 0 for v in observe.drops([one]).values())  # idle evictions are normal
+
+
+def test_live_view_shows_edges_failures_and_urls() -> None:
+    from rich.console import Console
+
+    e = observe.Edge("shop", "web", "pod", "shop", "api", "pod", "8081",
+                     connections={"refused": 3}, closed={"rst": 3})  # fmt: skip
+    state = ViewState(elapsed=5, duration=30, edges=[e], urls={"graph page": "http://x/graph"},
+                      drops={"k8spacket_capture_drops_total": 0})  # fmt: skip
+    console = Console(record=True, width=120)
+    console.print(render_view(state))
+    text = console.export_text()
+    for expected in ("5s of 30s", "http://x/graph", "Top edges by bytes", "Failures",
+                     "shop/web → shop/api:8081", "capture_drops_total=0"):  # fmt: skip
+        assert expected in text
+    assert "progress" not in progress_line(state) and "3 connections" in progress_line(state)
 
 
 @pytest.mark.netns
