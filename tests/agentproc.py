@@ -40,6 +40,7 @@ class AgentProc:
         extra_config: str = "",
         env: Mapping[str, str] | None = None,
         node: str = "n1",
+        command: list[str] | None = None,
     ) -> None:
         config = workdir / "agent.yaml"
         config.write_text(
@@ -53,8 +54,8 @@ class AgentProc:
         )
         self.log = workdir / "agent.log"
         self._log = self.log.open("wb")
-        argv = [sys.executable, "-m", "k8spacket.cli", "run", "--config", str(config),
-                "--listen", f"127.0.0.1:{AGENT_PORT}"]  # fmt: skip
+        argv = [*(command or [sys.executable, "-m", "k8spacket.cli", "run"]),
+                "--config", str(config), "--listen", f"127.0.0.1:{AGENT_PORT}"]  # fmt: skip
         full_env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "NODE_NAME")}
         full_env.update(env or {})
         self.proc = lab.popen_in(

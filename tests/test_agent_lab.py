@@ -9,6 +9,8 @@ clients and servers did, byte for byte.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentproc import AgentProc, connect
 from netlab import NetLab, tcptool_argv
@@ -118,22 +121,60 @@ def test_agent_reports_exactly_what_pods_did(lab: NetLab, tmp_path: Path) -> Non
     assert agent.terminate() == 0
 
 
+HOLDER = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"h" * int(sys.argv[3]))
+print("sent", flush=True)
+time.sleep(60)
+"""
+
+
 def test_open_connection_is_flushed_on_sigterm(lab: NetLab, tmp_path: Path) -> None:
+    """SIGTERM publishes an open connection's bytes: the flushed record itself is checked."""
     a = lab.add_pod("a", "10.213.1.2/24")
     b = lab.add_pod("b", "10.213.1.3/24")
     lab.popen_in(b, tcptool_argv("serve", "--port", "8080", "--reply", "5"))
     lab.wait_listening(b, 8080)
-    out = tmp_path / "records.jsonl"
-    agent = start_agent(lab, tmp_path, "http:\n  connectionStore: 100\n")
+    dump = tmp_path / "published.json"
+    # no interim record before the signal: whatever is published comes from the flush
+    agent = AgentProc(
+        lab,
+        tmp_path,
+        "  flushPeriod: 60s\n  closeOlderThan: 120s\nhttp:\n  connectionStore: 100\n",
+        command=[
+            sys.executable,
+            str(Path(__file__).with_name("agentdump.py")),
+            "--dump",
+            str(dump),
+        ],
+    )
+    _agents.append(agent)
+    agent.wait("readiness", lambda: agent.get("/readyz")[0] == 200)
     agent.wait("two pod interfaces", lambda: agent.metric_sum("k8spacket_capture_interfaces") == 2)
-    client = lab.popen_in(a, tcptool_argv("connect", "10.213.1.3", "8080", "--send", "40000",
-                                          "--hold", "30"))  # fmt: skip
-    agent.wait("bytes flowing", lambda: agent.metric_sum("k8spacket_tcp_sent_bytes_total") > 0)
+    client = lab.popen_in(a, [sys.executable, "-c", HOLDER, "10.213.1.3", "8080", "40000"],
+                          stdout=subprocess.PIPE)  # fmt: skip
+    assert client.stdout is not None and client.stdout.readline().strip() == b"sent"
+    agent.wait("the connection tracked", lambda: agent.metric_sum("k8spacket_flows_tracked") >= 1)
+    assert agent.metric_sum("k8spacket_tcp_sent_bytes_total") == 0  # nothing published yet
+    signalled = time.time()
     assert agent.terminate() == 0
-    log = agent.log.read_text()
-    assert "stopped: 1 connections" in log, log
     client.kill()
-    out.write_text(log)
+    published = json.loads(dump.read_text())
+    mine = [r for r in published["records"] if r["src"] == "10.213.1.2" and r["dst_port"] == 8080]
+    assert [(r["bytes_sent"], r["bytes_received"], r["close"], r["first"]) for r in mine] == [
+        (40000, 0, None, True)
+    ], published["records"]
+    assert mine[0]["end"] >= signalled and mine[0]["outcome"] == "established"
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(published["metrics"])
+        for s in fam.samples
+    }
+    total = lambda name: sum(v for (n, _), v in samples.items() if n == name)  # noqa: E731
+    assert total("k8spacket_tcp_sent_bytes_total") == 40000
+    assert total("k8spacket_tcp_connections_total") == 1
+    assert total("k8spacket_tcp_open_connections") == 1  # flushed open, not closed
 
 
 def test_interfaces_come_and_go_without_harm(lab: NetLab, tmp_path: Path) -> None:

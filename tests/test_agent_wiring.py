@@ -230,12 +230,11 @@ def test_sync_pods_feeds_local_addresses_and_forgets_deleted_pods(cluster: FakeC
     [
         (
             ["enrichment.geoip.dbPath=/nonexistent/City.mmdb"],
-            "k8sPacket.metrics.reverseLookup.geoipDBPath: GeoIP database "
-            "'/nonexistent/City.mmdb' does not exist",
+            "--set enrichment.geoip.dbPath: GeoIP database '/nonexistent/City.mmdb' does not exist",
         ),
         (
             ["kubernetes.kubeconfig=/nonexistent/kubeconfig"],
-            "kubernetes.kubeconfig: '/nonexistent/kubeconfig' does not exist",
+            "--set kubernetes.kubeconfig: '/nonexistent/kubeconfig' does not exist",
         ),
     ],
     ids=["geoip-path-missing", "kubeconfig-missing"],

@@ -252,14 +252,35 @@ def test_unreadable_file_is_one_error_line(tmp_path: Path, content: bytes, messa
     assert p.stdout == ""
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "table", "prom"])
 @pytest.mark.parametrize("name", ["missing.pcap", "."], ids=["missing-file", "directory"])
-def test_cannot_open(tmp_path: Path, name: str) -> None:
-    p = k8spacket("replay", "--no-summary", tmp_path / name)
+def test_cannot_open_is_one_line_before_any_output(tmp_path: Path, name: str, fmt: str) -> None:
+    p = k8spacket("replay", "--format", fmt, GEN / "fin_close.pcap", tmp_path / name)
     no_traceback(p)
     assert p.returncode == 1
-    lines = p.stderr.splitlines()
-    assert len(lines) == 1
-    assert "cannot open" in lines[0]
+    assert p.stdout == ""
+    assert p.stderr.splitlines() == [
+        f"k8spacket: error: {tmp_path / name}: cannot open: "
+        + ("No such file or directory" if name != "." else "Is a directory")
+    ]
+
+
+@pytest.mark.parametrize("name", ["standard.pcap.gz", "standard.pcapng.gz"])
+def test_cut_gzip_capture_salvages_the_records_before_the_cut(tmp_path: Path, name: str) -> None:
+    """A gzipped capture cut short (a copy interrupted) gives the records of the packets
+    before the cut, exactly as the same bytes uncompressed and cut do, plus one error."""
+    import zlib
+
+    data = (GEN / name).read_bytes()
+    cut = tmp_path / f"cut-{name}"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    plain = tmp_path / f"cut-{name.removesuffix('.gz')}"
+    plain.write_bytes(zlib.decompressobj(31).decompress(cut.read_bytes()))
+    got, want = k8spacket("replay", cut), k8spacket("replay", plain)
+    no_traceback(got)
+    assert got.returncode == 1
+    assert got.stdout and got.stdout == want.stdout
+    assert len(error_lines(got.stderr)) == 1
 
 
 def test_good_file_after_bad_one_is_still_replayed(tmp_path: Path) -> None:
@@ -311,7 +332,9 @@ def test_no_files_exits_2() -> None:
 def test_console_script_matches_module() -> None:
     import shutil
 
-    script = shutil.which("k8spacket")
+    # beside the interpreter (a venv need not be on PATH), else on PATH
+    beside = Path(sys.executable).parent / "k8spacket"
+    script = str(beside) if beside.exists() else shutil.which("k8spacket")
     assert script is not None, "the k8spacket console script is installed (pip install -e .)"
     p = subprocess.run(
         [script, "replay", "--format", "table", str(GEN / "fin_close.pcap")],

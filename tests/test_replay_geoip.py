@@ -76,7 +76,9 @@ def test_no_geoip_leaves_external_ends_unnamed() -> None:
     assert p.returncode == 0, p.stderr
     ext = external_records(p.stdout)
     assert ext[0]["dst_country"] == ""
-    assert ext[0]["dst_kind"] == ""
+    # an end nothing named: spelled as in the metrics, name and namespace empty
+    assert (ext[0]["dst_kind"], ext[0]["dst_workload"]) == ("unknown", "unknown")
+    assert (ext[0]["dst_name"], ext[0]["dst_namespace"]) == ("", "")
 
 
 def test_missing_geoip_database_is_one_line_naming_the_option(tmp_path: Path) -> None:

@@ -20,8 +20,9 @@ Threads:
   that are gone are dropped (``TrafficMetrics.forget``);
 * ``k8spacket-geoip``/``k8spacket-whois-*``: the external resolver's stages.
 
-Naming (:class:`Naming`): the Kubernetes cache (when there is a cluster config
-and ``kubernetes.enabled`` is not ``false``), then the inventory file, then the
+Naming (:class:`~k8spacket.enrich.naming.Naming`, the same chain replay
+builds): the Kubernetes cache (when there is a cluster config and
+``kubernetes.enabled`` is not ``false``), then the inventory file, then the
 external resolver (GeoIP, optional registries), which treats every address the
 first two name as not external. Readiness adds "Kubernetes cache synced".
 
@@ -39,8 +40,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from k8spacket.capture.bpf import compile_filter
@@ -48,8 +47,8 @@ from k8spacket.capture.interfaces import InterfaceFilter, InterfaceWatcher
 from k8spacket.capture.local import LocalAddresses
 from k8spacket.capture.reader import CaptureReader, InterfaceStats
 from k8spacket.capture.ring import PacketRing
-from k8spacket.config import SEED_GEOIP_DB_PATH, ConfigError, Settings
-from k8spacket.enrich.identity import Resolver, ResolverChain
+from k8spacket.config import ConfigError, Settings
+from k8spacket.enrich.naming import Namer, Naming
 from k8spacket.flows.record import ConnectionRecord
 from k8spacket.flows.tracker import ConnectionTracker
 from k8spacket.metrics.capture_collector import CaptureCollector
@@ -61,126 +60,13 @@ from k8spacket.nodegraph.store import ConnectionStore
 from k8spacket.server import AgentHTTPServer
 
 if TYPE_CHECKING:
-    from k8spacket.enrich.external import ExternalResolver
     from k8spacket.enrich.k8s import K8sCache
     from k8spacket.enrich.k8s_index import Key, PodInfo
 
 log = logging.getLogger(__name__)
 
-Namer = Callable[[ConnectionRecord], None]
 #: seconds between two looks at the cache's pods (local addresses, deleted pods)
 POD_SYNC_PERIOD = 0.5
-
-
-def build_k8s_cache(settings: Settings) -> K8sCache | None:
-    """The Kubernetes watch cache the settings ask for (not started), or ``None``."""
-    k = settings.kubernetes
-    if k.enabled == "false":
-        return None
-    if k.kubeconfig and not Path(k.kubeconfig.split(":")[0]).is_file():
-        raise ConfigError(f"kubernetes.kubeconfig: {k.kubeconfig!r} does not exist")
-    from k8spacket.enrich.k8s import K8sCache
-
-    cache = K8sCache.from_environment(kubeconfig=k.kubeconfig.split(":")[0])
-    if cache is None and k.enabled == "true":
-        raise ConfigError(
-            "kubernetes.enabled: true, but there is no in-cluster config and no kubeconfig"
-        )
-    return cache
-
-
-def geoip_paths(settings: Settings) -> tuple[str, str | None]:
-    """(City path, ASN path) for :class:`~k8spacket.enrich.geoip.GeoIPDatabase`.
-
-    The seed's default City path never existed in its image: when that exact path
-    is missing the packaged GeoLite2-City is used (a warning, not an error).
-    """
-    e = settings.enrichment
-    city = e.geoip_db_path
-    if city == SEED_GEOIP_DB_PATH and not Path(city).exists():
-        log.warning(
-            "k8sPacket.metrics.reverseLookup.geoipDBPath: the seed's default %s does not "
-            "exist; using the packaged GeoLite2-City (2018) instead (docs/external.md)",
-            city,
-        )
-        city = ""
-    return city, e.geoip_asn_db_path or None
-
-
-def build_external(
-    settings: Settings, is_named: Callable[[str], bool] | None
-) -> ExternalResolver | None:
-    """The external resolver the ``enrichment`` settings ask for (not started), or ``None``."""
-    e = settings.enrichment
-    if not (e.geoip_enabled or e.whois_enabled or e.reverse_dns):
-        return None
-    from k8spacket.enrich.classify import AddressClassifier
-    from k8spacket.enrich.external import ExternalResolver, reverse_dns_lookup
-    from k8spacket.enrich.geoip import GeoIPConfigError, GeoIPDatabase
-    from k8spacket.enrich.whois import RegistryClient
-
-    geoip = None
-    if e.geoip_enabled:
-        try:
-            geoip = GeoIPDatabase(*geoip_paths(settings))
-        except GeoIPConfigError as err:
-            raise ConfigError(str(err)) from None
-    return ExternalResolver(
-        geoip=geoip,
-        registry=RegistryClient(whois_regexp=e.whois_regexp) if e.whois_enabled else None,
-        classifier=AddressClassifier(is_named),
-        reverse_dns=reverse_dns_lookup if e.reverse_dns else None,
-        start=False,
-    )
-
-
-@dataclass
-class Naming:
-    """The identity sources of the agent, in the order they are asked."""
-
-    k8s: K8sCache | None = None
-    resolvers: list[Resolver] = field(default_factory=list)  # k8s cache, then inventory
-    external: ExternalResolver | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings, k8s: K8sCache | str | None = "auto") -> Naming:
-        """Build every source the settings ask for; ``k8s`` overrides the cache (tests)."""
-        cache = build_k8s_cache(settings) if isinstance(k8s, str) else k8s
-        resolvers: list[Resolver] = [cache] if cache is not None else []
-        if settings.inventory:
-            from k8spacket.enrich.inventory import Inventory, InventoryError
-
-            try:
-                resolvers.append(Inventory.load(settings.inventory))
-            except InventoryError as err:
-                raise ConfigError(str(err)) from None
-        is_named = None
-        if resolvers:
-            chain = ResolverChain(resolvers)
-            is_named = lambda ip: chain.lookup(ip) is not None  # noqa: E731
-        return cls(cache, resolvers, build_external(settings, is_named))
-
-    def namers(self) -> list[Namer]:
-        out: list[Namer] = []
-        if self.resolvers:
-            out.append(ResolverChain(self.resolvers).name_record)
-        if self.external is not None:
-            out.append(self.external.name_record)
-        return out
-
-    def start(self) -> None:
-        if self.k8s is not None:
-            self.k8s.start()
-        if self.external is not None:
-            self.external.start()
-
-    def stop(self) -> None:
-        if self.k8s is not None:
-            self.k8s.stop()
-        if self.external is not None:
-            self.external.close()
-            if self.external.geoip is not None:
-                self.external.geoip.close()
 
 
 class Agent:
@@ -223,6 +109,7 @@ class Agent:
             self._sink,
             close_older_than=s.tracker.close_older_than,
             flush_period=s.tracker.flush_period,
+            forget_after=s.tracker.forget_after,
             max_connections=s.tracker.max_connections,
             is_local=self.local.is_local,
         )

@@ -20,7 +20,7 @@ from k8spacket.flows.record import ConnectionRecord
 from k8spacket.flows.tracker import ConnectionTracker
 
 if TYPE_CHECKING:
-    from k8spacket.enrich.external import ExternalResolver
+    from k8spacket.enrich.naming import Namer
 
 EXIT_USAGE = 2
 EXIT_INPUT = 1
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="TCP traffic visibility for Kubernetes: connection records, "
         "Prometheus metrics and a Node Graph API.",
     )
+    parser.add_argument("--version", action="version", version=f"k8spacket {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     rp = sub.add_parser(
@@ -132,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
+    dg = sub.add_parser(
+        "dashboards",
+        help="regenerate the Grafana dashboards, their ConfigMaps and the app plugin manifest",
+        description="Render dashboards-gen/templates into grafana-provisioning/ and the chart.",
+    )
+    dg.add_argument("--root", metavar="DIR", help="source checkout (default: found from here)")
+    dg.add_argument("--check", action="store_true", help="only report stale files (exit 1)")
+    dg.add_argument("--plugin-zip", metavar="DIR", help="also pack the app plugin zip into DIR")
     _add_demo_parser(sub)
     sub.add_parser("version", help="print the version")
     return parser
@@ -198,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "demo":
             return cmd_demo(args)
+        if args.command == "dashboards":
+            return cmd_dashboards(args)
         if args.command == "version":
             print(f"k8spacket {__version__}")
             return 0
@@ -223,6 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from k8spacket.agent import Agent
     from k8spacket.config import ConfigError, load_settings
+    from k8spacket.server import ListenError
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -232,10 +244,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             args.config, os.environ, listen=args.listen, inventory=args.inventory, sets=args.sets
         )
         agent = Agent(settings)
-    except ConfigError as e:
+    except (ConfigError, ListenError) as e:
         raise UserError(str(e)) from None
     except OSError as e:
-        raise UserError(f"cannot listen on {args.listen or 'the configured port'}: {e}") from None
+        if e.filename is None:
+            raise  # not a file the user named: a bug, with its traceback
+        raise UserError(f"{e.filename}: {e.strerror or e}") from None
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop())
     agent.run()
@@ -278,12 +292,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UserError(f"demo: {e}", EXIT_INPUT) from None
 
 
+# ------------------------------------------------------------------ dashboards
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from k8spacket import dashboards
+
+    try:
+        root = (
+            dashboards.find_root(Path(args.root), explicit=True)
+            if args.root
+            else dashboards.find_root(Path.cwd())
+        )
+        if args.check:
+            stale = dashboards.stale_files(root)
+            for rel in stale:
+                print(f"k8spacket: stale: {rel}", file=sys.stderr)
+            return EXIT_INPUT if stale else 0
+        for rel in dashboards.write_all(root):
+            print(f"wrote {rel}")
+        if args.plugin_zip:
+            print(f"wrote {dashboards.plugin_zip(root, Path(args.plugin_zip))}")
+    except dashboards.GeneratorError as e:
+        raise UserError(str(e), EXIT_INPUT) from None
+    return 0
+
+
 # ---------------------------------------------------------------------- replay
 def cmd_replay(args: argparse.Namespace) -> int:
     from k8spacket.replay import replay_files
 
     records: list[ConnectionRecord] = []
     out = sys.stdout
+    # A file that cannot be opened at all is a mistake in the command: say so before
+    # any output (a table or an exposition of nothing would come first otherwise).
+    for path in args.files:
+        try:
+            open(path, "rb").close()
+        except OSError as e:
+            raise UserError(f"error: {path}: cannot open: {e.strerror or e}", EXIT_INPUT) from None
     namer = _load_namer(args.inventory, None if args.no_geoip else (args.geoip_db or ""))
 
     if args.format == "jsonl":
@@ -335,59 +382,37 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_INPUT if stats.errors else 0
 
 
-def _load_namer(inventory_path: str | None, geoip_path: str | None) -> Any:
-    """The record namer of a replay: the inventory, then GeoIP for external ends.
+def _load_namer(inventory_path: str | None, geoip_path: str | None) -> Namer | None:
+    """The record namer of a replay: the agent's naming chain (enrich/naming.py),
+    offline, without Kubernetes.
 
-    ``geoip_path`` ``None`` switches GeoIP off; ``""`` means the bundled database.
-    Offline there is no packet path to protect, so external addresses are looked up
-    at once and the first record already carries the country.
+    ``geoip_path`` ``None`` switches GeoIP off; ``""`` means the bundled database
+    (opened when the first public address shows up); a database the user named
+    is opened now, so a bad path fails before any output.
     """
-    from k8spacket.enrich.classify import AddressClassifier, is_private
-    from k8spacket.enrich.inventory import Inventory, InventoryError
+    from k8spacket.config import ConfigError, Settings
+    from k8spacket.enrich.naming import Naming
 
-    inventory = None
-    if inventory_path is not None:
-        try:
-            inventory = Inventory.load(inventory_path)
-        except InventoryError as e:
-            raise UserError(str(e)) from None
-    if geoip_path is None:
-        return None if inventory is None else inventory.name_record
-    inv = inventory
-
-    def build_external() -> ExternalResolver:
-        # imported here: ipwhois and geoip2 cost ~0.3 s, wasted on private-only captures
-        from k8spacket.enrich.external import ExternalResolver
-        from k8spacket.enrich.geoip import GeoIPConfigError, GeoIPDatabase
-
-        try:
-            geoip = GeoIPDatabase(geoip_path or None)
-        except GeoIPConfigError as e:
-            msg = str(e).replace("k8sPacket.metrics.reverseLookup.geoipDBPath", "--geoip-db")
-            raise UserError(msg) from None
-        return ExternalResolver(
-            geoip=geoip,
-            classifier=AddressClassifier(
-                None if inv is None else (lambda ip: inv.lookup(ip) is not None)
-            ),
-            start=False,
-        )
-
-    # A database the user named is opened now (a bad path fails before any output);
-    # the bundled one only when the first public address shows up.
-    external = build_external() if geoip_path else None
+    settings = Settings()
+    settings.kubernetes.enabled = "false"
+    settings.inventory = inventory_path or ""
+    settings.enrichment.geoip_enabled = geoip_path is not None
+    settings.enrichment.geoip_db_path = geoip_path or ""
+    settings.origins["enrichment.geoip_db_path"] = "--geoip-db"
+    settings.origins["enrichment.geoip_asn_db_path"] = "--geoip-db (the ASN database beside it)"
+    try:
+        naming = Naming.from_settings(settings, None, offline=True)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    namers = naming.namers()
+    if not namers:
+        return None
+    if len(namers) == 1:
+        return namers[0]
 
     def name(rec: ConnectionRecord) -> None:
-        nonlocal external
-        if inv is not None:
-            inv.name_record(rec)
-        if external is None:
-            if is_private(rec.src) and is_private(rec.dst):
-                return
-            external = build_external()
-        external.name_record(rec)
-        if external.drain_now():
-            external.name_record(rec)
+        for namer in namers:
+            namer(rec)
 
     return name
 

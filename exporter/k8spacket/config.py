@@ -1,6 +1,6 @@
 """The agent's settings: one typed tree from defaults, a YAML file, environment, flags.
 
-Sources are applied in that order, later ones winning (DESIGN.md,
+Sources are applied in that order, later ones winning (docs/design.md,
 "Configuration"). Every setting has one row in :data:`FIELDS`: its YAML path in
 our own tree, its spelling in the seed's Helm values (``k8sPacket:`` …), the
 upstream ``K8S_PACKET_*`` environment variables that set it, and a parser. A
@@ -59,6 +59,7 @@ class CaptureSettings:
 class TrackerSettings:
     flush_period: float = 10.0
     close_older_than: float = 20.0
+    forget_after: float = 600.0
     max_connections: int = 500_000
 
 
@@ -111,6 +112,16 @@ class Settings:
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     inventory: str = ""
     http: HttpSettings = field(default_factory=HttpSettings)
+    #: attribute path (``enrichment.geoip_db_path``) → the key the user set it with
+    #: (``--set enrichment.geoip.dbPath``, ``FILE: k8sPacket.…``, a variable), so
+    #: errors found later (a database that will not open) name what the user typed
+    origins: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def origin(self, attr: str) -> str:
+        """The key the user set ``attr`` with, else its YAML path in our tree."""
+        if attr in self.origins:
+            return self.origins[attr]
+        return next(f.yaml for f in FIELDS if f.attr == attr)
 
     @property
     def listen(self) -> str:
@@ -272,6 +283,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "tcp.assembler.flushing.closeOlderThanDuration",
         ("K8S_PACKET_TCP_ASSEMBLER_FLUSHING_CLOSE_OLDER_THAN_DURATION",),
     ),
+    FieldSpec("tracker.forget_after", "tracker.forgetAfter", _duration),
     FieldSpec("tracker.max_connections", "tracker.maxConnections", _int_range(1, 100_000_000)),
     FieldSpec(
         "metrics.hide_source_port",
@@ -345,6 +357,7 @@ def _set(settings: Settings, spec: FieldSpec, value: Any, key: str) -> None:
         parsed = spec.parse(value)
     except ValueError as e:
         raise ConfigError(f"{key}: {e}") from None
+    settings.origins[spec.attr] = key
     obj: Any = settings
     *parents, last = spec.attr.split(".")
     for p in parents:
@@ -366,6 +379,15 @@ def _flatten(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def _unknown(where: str, key: str, known: Sequence[str]) -> ConfigError:
+    """``WHERE: KEY: unknown key``, with the nearest known key when one is close."""
+    import difflib
+
+    near = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    return ConfigError(f"{where}{key}: unknown key{hint}")
+
+
 def apply_document(settings: Settings, doc: Any, source: str = "config") -> None:
     """Apply a parsed YAML document (our tree, the seed's ``k8sPacket:`` tree, or both)."""
     if doc is None:
@@ -380,7 +402,7 @@ def apply_document(settings: Settings, doc: Any, source: str = "config") -> None
                 continue
             spec = _BY_SEED.get(sub)
             if spec is None:
-                raise ConfigError(f"{source}: {path}: unknown key")
+                raise _unknown(f"{source}: ", path, [f"k8sPacket.{k}" for k in _BY_SEED])
             if value is not None:
                 _set(settings, spec, value, f"{source}: {path}")
             continue
@@ -388,7 +410,7 @@ def apply_document(settings: Settings, doc: Any, source: str = "config") -> None
         if spec is None:
             if helm_values and path.split(".")[0] not in _OURS:
                 continue  # a chart key of a Helm values file (image, resources, …)
-            raise ConfigError(f"{source}: {path}: unknown key")
+            raise _unknown(f"{source}: ", path, list(_BY_YAML))
         if value is not None:
             _set(settings, spec, value, f"{source}: {path}")
 
@@ -402,8 +424,12 @@ def apply_file(settings: Settings, path: str | Path) -> None:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} not valid YAML") from None
+        where = f" line {mark.line + 1} column {mark.column + 1}:" if mark is not None else ""
+        reason = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = getattr(e, "context", None)
+        if context:
+            reason = f"{reason} ({context})"
+        raise ConfigError(f"{path}:{where} not valid YAML: {reason}") from None
     apply_document(settings, doc, str(path))
 
 
@@ -419,14 +445,17 @@ def apply_sets(settings: Settings, assignments: Sequence[str]) -> None:
     """``--set PATH=VALUE`` flags (YAML paths of our tree; VALUE is read as YAML)."""
     for item in assignments:
         path, sep, raw = item.partition("=")
-        spec = _BY_YAML.get(path.strip())
-        if not sep or spec is None:
-            raise ConfigError(f"--set {item}: expected PATH=VALUE with a known PATH")
+        path = path.strip()
+        if not sep or not path:
+            raise ConfigError(f"--set {item}: expected PATH=VALUE, e.g. capture.ringSize=16MiB")
+        spec = _BY_YAML.get(path)
+        if spec is None:
+            raise _unknown("--set ", path, list(_BY_YAML))
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        _set(settings, spec, value, f"--set {path.strip()}")
+        _set(settings, spec, value, f"--set {path}")
 
 
 def validate(settings: Settings) -> None:
@@ -436,6 +465,12 @@ def validate(settings: Settings) -> None:
         raise ConfigError("capture.blockSize: must be a multiple of 4KiB")
     if c.ring_size < 2 * c.block_size:
         raise ConfigError("capture.ringSize: must hold at least two blocks (2 x blockSize)")
+    t = settings.tracker
+    if t.forget_after < t.close_older_than:
+        raise ConfigError(
+            "tracker.forgetAfter: must be at least tracker.closeOlderThan "
+            f"({t.forget_after:g}s < {t.close_older_than:g}s)"
+        )
     if "src_port" in settings.metrics.labels and settings.metrics.hide_source_port:
         raise ConfigError("metrics.labels: src_port needs metrics.hideSourcePort: false")
     if settings.http.graph_source == "prometheus" and not settings.http.prometheus_url:
@@ -470,4 +505,6 @@ def load_settings(
 
 def as_dict(settings: Settings) -> dict[str, Any]:
     """The settings as plain data (for logs and ``/debug``-style dumps)."""
-    return dataclasses.asdict(settings)
+    out = dataclasses.asdict(settings)
+    out.pop("origins", None)
+    return out

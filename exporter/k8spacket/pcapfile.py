@@ -52,6 +52,7 @@ class CaptureFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self.size = 0
+        self._read_error: BaseException | None = None
         try:
             raw: IO[bytes] = open(path, "rb")  # noqa: SIM115 (closed in close())
         except OSError as e:
@@ -139,7 +140,7 @@ class CaptureFile:
         eof = False
         while not eof:
             try:
-                more = f.read(_CHUNK)
+                more = self._read_salvaging(f, _CHUNK)
             except (OSError, EOFError, zlib.error) as e:
                 raise CaptureTruncated(f"{self.path}: read error after {n} packets: {e}") from None
             buf = buf[pos:] + more
@@ -169,6 +170,32 @@ class CaptureFile:
                 f"{self.path}: truncated after {n} packets "
                 f"({len(buf) - pos} bytes of an incomplete record)"
             )
+
+    def _read_salvaging(self, f: IO[bytes] | gzip.GzipFile, n: int) -> bytes:
+        """Up to ``n`` bytes. A gzip stream cut short (or corrupt) first returns what
+        it decompressed before the bad spot and raises on the next call, so the
+        records before a cut are replayed (``GzipFile.read`` would drop them)."""
+        error = self._read_error
+        if error is not None:
+            self._read_error = None
+            raise error
+        if not isinstance(f, gzip.GzipFile):
+            return f.read(n)
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            try:
+                more = f.read1(n - got)
+            except (OSError, EOFError, zlib.error) as e:
+                if not parts:
+                    raise
+                self._read_error = e
+                break
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
 
     # -------------------------------------------------------------- pcapng
     def _pcapng_packets(self) -> Iterator[Packet]:

@@ -1,6 +1,6 @@
 """The agent's HTTP server: metrics, health, readiness, connection records.
 
-One port (DESIGN.md, "HTTP"), served by the standard library's threading
+One port (docs/design.md, "HTTP"), served by the standard library's threading
 server so a slow scrape never blocks capture (the capture runs on its own
 thread and never touches this module). Paths:
 
@@ -31,9 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import CollectorRegistry
-
+from k8spacket.metrics.http import CollectorRegistry, metrics_response
 from k8spacket.nodegraph.render import GraphBuilder, graph_page_route
 from k8spacket.nodegraph.store import ConnectionStore, Record
 
@@ -42,6 +40,10 @@ log = logging.getLogger(__name__)
 #: path → handler(query) → (status, content type, body)
 Route = Callable[[Mapping[str, list[str]]], tuple[int, str, bytes]]
 JSON = "application/json"
+
+
+class ListenError(OSError):
+    """The HTTP port cannot be bound (one line: the address and the reason)."""
 
 
 class QueryError(ValueError):
@@ -124,7 +126,11 @@ class AgentHTTPServer:
         self.graph_page = graph_page_route(graph) if graph is not None else None
         handler = self._handler_class()
         server_class = _V6Server if ":" in host else ThreadingHTTPServer
-        self.httpd = server_class((host, port), handler)
+        try:
+            self.httpd = server_class((host, port), handler)
+        except OSError as e:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise ListenError(f"cannot listen on {where}: {e.strerror or e}") from None
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -157,7 +163,7 @@ class AgentHTTPServer:
                 url = urlsplit(self.path)
                 path = url.path.rstrip("/") or "/"
                 if path == "/metrics":
-                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
+                    self._send(200, *metrics_response(server.registry, self.headers.get("Accept")))
                 elif path == "/healthz":
                     self._send(200, "text/plain; charset=utf-8", b"ok\n")
                 elif path == "/readyz":

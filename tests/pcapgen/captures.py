@@ -336,6 +336,145 @@ def capacity() -> Capture:
     return cap
 
 
+def _lose_last(cap: Capture) -> None:
+    """Drop the frame just added: the capture lost it (the conversation still sent it)."""
+    cap.frames.pop()
+
+
+def pooled() -> Capture:
+    """A pooled connection idle past the timeout, kept alive by probes, then reused.
+
+    Keep-alive probes carry ``seq = snd_nxt - 1`` with no byte (Linux) or one
+    garbage byte (Windows); they add nothing. A second connection goes silent
+    for good after its first request.
+    """
+    cap = Capture()
+    conv = cap.tcp(C, S)
+    conv.handshake(0.0)
+    conv.client(0.01, "PA", 100)
+    conv.server(0.02, "PA", 200)
+    quiet = cap.tcp(("10.0.0.3", 40001), S)
+    quiet.handshake(2.0)
+    quiet.client(2.01, "PA", 50)
+    conv.client(45.0, "A", 0, seq=conv.nxt["c"] - 1)  # keep-alive probe, no byte
+    conv.server(45.0001, "A")
+    conv.client(75.0, "A", 1, seq=conv.nxt["c"] - 1)  # keep-alive probe, one byte
+    conv.server(75.0001, "A")
+    conv.client(100.0, "PA", 300)  # reused
+    conv.server(100.5, "PA", 400)
+    conv.fin_close(101.0)
+    return cap
+
+
+def rst_handshake() -> Capture:
+    """Resets the client in SYN-SENT must refuse: no ACK, or an ACK not of its SYN."""
+    cap = Capture()
+    conv = cap.tcp(C, S)
+    conv.client(1.0, "S")
+    conv.server(1.0001, "R", seq=0)  # no ACK bit
+    conv.server(1.0002, "RA", seq=0, ack=777777)  # acknowledges something else
+    conv.server(1.0005, "SA")
+    conv.client(1.0007, "A")
+    conv.client(1.001, "PA", 10)
+    conv.server(1.002, "PA", 20)
+    conv.fin_close(1.01)
+    return cap
+
+
+def rst_window() -> Capture:
+    """Resets far outside the sender's sequence window (injected, stale), then more data."""
+    cap = Capture()
+    conv = cap.tcp(C, S)
+    conv.handshake(1.0)
+    conv.client(1.01, "PA", 100)
+    conv.server(1.02, "PA", 200)
+    ahead = conv.nxt["s"]
+    conv.server(1.03, "RA", seq=ahead + 100_000_000)  # injected: far ahead
+    conv.nxt["s"] = ahead
+    conv.client(1.04, "R", seq=conv.nxt["c"] - 50_000_000)  # stale: far behind
+    conv.client(1.05, "PA", 50)
+    conv.server(1.06, "PA", 60)
+    conv.fin_close(1.1)
+    return cap
+
+
+def synack_first() -> Capture:
+    """The SYN-ACK captured 3 microseconds before its SYN (two rings, one block each)."""
+    cap = Capture()
+    conv = cap.tcp(C, S)
+    conv.nxt["c"] += 1  # the SYN (written next) was sent first: the SYN-ACK acknowledges it
+    conv.server(1.0, "SA")
+    conv.nxt["c"] -= 1
+    conv.client(1.000003, "S")
+    conv.client(1.0007, "A")
+    conv.client(1.001, "PA", 10)
+    conv.server(1.002, "PA", 20)
+    conv.fin_close(1.01)
+    return cap
+
+
+def lost_fin() -> Capture:
+    """The capture lost the first FIN (client), and on another connection the second."""
+    cap = Capture()
+    first = cap.tcp(C, S)
+    first.handshake(1.0)
+    first.client(1.01, "PA", 100)
+    first.server(1.02, "PA", 200)
+    first.client(1.1, "FA")
+    _lose_last(cap)
+    first.server(1.1001, "A")  # acknowledges the lost FIN
+    first.server(1.1002, "FA")
+    first.client(1.1003, "A")  # its sequence number is one past the last byte seen
+    second = cap.tcp(("10.0.0.3", 40001), S)
+    second.handshake(2.0)
+    second.client(2.01, "PA", 100)
+    second.server(2.02, "PA", 200)
+    second.client(2.1, "FA")
+    second.server(2.1001, "FA")
+    _lose_last(cap)
+    second.client(2.1002, "A")  # acknowledges the lost FIN
+    return cap
+
+
+def lean_transfer() -> Capture:
+    """304 080 bytes up in 1448-byte segments over 30 s, a reply, then the client's RST.
+
+    Headers only. In lean mode only the segments crossing a 64 KiB boundary of
+    sequence space, the handshake and the RST pass; the RST's sequence number
+    and acknowledgement make both totals exact.
+    """
+    cap = Capture(snaplen=96)
+    conv = cap.tcp(C, S)
+    conv.handshake(0.0)
+    for i in range(210):
+        t = round(0.1 + i / 10, 6)
+        conv.client(t, "PA", 1448)
+        conv.server(t + 0.0001, "A")
+    conv.server(30.0, "PA", 500)
+    conv.client(30.5, "RA")
+    return cap
+
+
+def preexisting() -> Capture:
+    """A low-rate connection open before the capture started, and a later one.
+
+    10.0.0.5:45000 → 10.0.0.6:8080 exchanges 100 + 50 bytes every 3 s from
+    t = 0 and closes at 30 s; a new connection's handshake at 12 s moves the
+    clock (its sweep) in lean mode, where the small messages do not pass.
+    """
+    cap = Capture()
+    old = Conversation(cap, ("10.0.0.5", 45000), ("10.0.0.6", 8080))
+    for i in range(10):
+        old.client(3.0 * i, "PA", 100)
+        old.server(3.0 * i + 0.001, "PA", 50)
+        old.client(3.0 * i + 0.002, "A")
+    new = cap.tcp(("10.0.0.3", 40002), S)
+    new.handshake(12.0)
+    new.fin_close(12.01)
+    old.fin_close(30.0)
+    return cap
+
+
 def _standard_ether() -> Capture:
     cap = Capture()
     standard(cap)
@@ -362,6 +501,13 @@ CAPTURES: dict[str, Callable[[], Capture]] = {
     "bigtcp.pcap": bigtcp,
     "interim.pcap": interim,
     "capacity.pcap": capacity,
+    "pooled.pcap": pooled,
+    "rst_handshake.pcap": rst_handshake,
+    "rst_window.pcap": rst_window,
+    "synack_first.pcap": synack_first,
+    "lost_fin.pcap": lost_fin,
+    "lean_transfer.pcap": lean_transfer,
+    "preexisting.pcap": preexisting,
     "link_ether.pcap": link("ether"),
     "link_vlan.pcap": link("vlan"),
     "link_qinq.pcap": link("qinq"),

@@ -1,6 +1,6 @@
 """Which interfaces to capture on, kept in step with the node through netlink.
 
-Candidates (DESIGN.md, "Capture"):
+Candidates (docs/design.md, "Data flow"):
 
 * links whose peer lives in another network namespace (``IFLA_LINK_NETNSID``:
   the host side of a pod's veth, whatever the CNI calls it: ``veth*``,

@@ -6,21 +6,23 @@ decoder from :mod:`k8spacket.decode`, then the connection tracker. The same
 thread runs the tracker's timer (``sweep``) and reads the kernel's drop
 counters once a second, so the tracker needs no lock.
 
-Exactly-once (DESIGN.md): a connection between two pods of this node crosses
+Exactly-once (docs/design.md): a connection between two pods of this node crosses
 two watched interfaces, and each of them sees *both* directions (inbound on
 the sender's veth, outgoing on the receiver's). The first interface on which
-the reader meets a connection becomes its *owner* (``owner``, keyed by the
-direction-independent connection key); packets of that connection on any other
-interface are left out and counted in ``not_owner``. Taking both directions
-from one ring keeps their order (rings are read a block at a time, so the two
-rings are not interleaved packet by packet; splitting directions across rings
-would show a SYN-ACK before its SYN). Connections with one local end are only
-seen on one interface anyway. Owner entries are dropped once the tracker has
-forgotten the connection (checked at every sweep) or the interface closed.
+the reader meets a connection becomes its *owner*: the tracker keeps the
+ifindex in the connection's own entry, and :meth:`ConnectionTracker.add`
+refuses the packets of that connection captured on any other interface (left
+out and counted in ``not_owner``). Taking both directions from one ring keeps
+their order (rings are read a block at a time, so the two rings are not
+interleaved packet by packet; splitting directions across rings would show a
+SYN-ACK before its SYN). Connections with one local end are only seen on one
+interface anyway. Ownership ends with the entry; when a ring closes its
+entries are released (one scan, only then). No periodic scan of any table.
 
 The source address of every packet arriving *from* a pod (not
 ``PACKET_OUTGOING`` on its host-side veth) is learned as a local pod address
-(:mod:`k8spacket.capture.local`); that decides ``reporter``.
+(:mod:`k8spacket.capture.local`), on every ring, owner or not; that decides
+``reporter``.
 
 Rings are handed over with :meth:`attach` and taken back with :meth:`detach`
 from any thread; both are applied by the loop thread (a ring is unmapped only
@@ -45,7 +47,7 @@ from typing import Any
 
 from k8spacket.capture.local import LocalAddresses
 from k8spacket.capture.ring import PKTTYPE_OFFSET, PacketRing
-from k8spacket.decode import SKIP_REASONS, V4_HALF, V6_HALF, decode_ethernet, reverse_key
+from k8spacket.decode import SKIP_REASONS, decode_ethernet
 from k8spacket.flows.tracker import ConnectionTracker
 
 log = logging.getLogger(__name__)
@@ -85,8 +87,6 @@ class CaptureReader:
         self.on_ring_error = on_ring_error
         #: decode skip code → count (index = code, see ``decode.SKIP_REASONS``)
         self.skips = [0] * (max(SKIP_REASONS) + 1)
-        #: connection key (the smaller of its two directions) → ifindex that owns it
-        self.owner: dict[int, int] = {}
         #: called with the time on every loop turn (at least every 0.5 s)
         self.on_tick: Callable[[float], None] | None = None
         self._rings: dict[int, PacketRing] = {}  # fd → ring
@@ -163,12 +163,15 @@ class CaptureReader:
                     self._read_kernel_stats()
                 if now >= self.tracker.next_sweep:
                     self.tracker.sweep(now)
-                    self._expire_owners()
                 if self.on_tick is not None:
                     self.on_tick(now)
             self._apply_commands(ep)
         finally:
             self.running.clear()
+            if rings:
+                # the kernel hands over a block that is not full only after its
+                # timeout: wait for it, so the last packets are not left behind
+                time.sleep(max(r.block_timeout for r in rings.values()) + 0.005)
             for ring in list(rings.values()):
                 self._drain(ring)
                 self._close(ep, ring, keep_stats=True)
@@ -212,8 +215,7 @@ class CaptureReader:
             ep.unregister(fd)
         ring.close()
         self.local.forget_interface(ring.ifindex)
-        for k in [k for k, i in self.owner.items() if i == ring.ifindex]:
-            del self.owner[k]
+        self.tracker.release_owner(ring.ifindex)
 
     def _ring_error(self, ring: PacketRing) -> None:
         try:
@@ -222,21 +224,6 @@ class CaptureReader:
             err = e.errno or -1
         if err and self.on_ring_error is not None:
             self.on_ring_error(ring.name, err)
-
-    def _expire_owners(self) -> None:
-        """Forget owner entries of connections the tracker no longer holds."""
-        table = self.tracker.table
-        # An owner key does not say its family; the reverse under the wrong one has
-        # port 0 in it, so it can never name a tracked connection: try both.
-        gone = [
-            k
-            for k in self.owner
-            if k not in table
-            and reverse_key(k, V4_HALF) not in table
-            and reverse_key(k, V6_HALF) not in table
-        ]
-        for k in gone:
-            del self.owner[k]
 
     def _read_kernel_stats(self) -> None:
         for ring in list(self._rings.values()):
@@ -255,7 +242,6 @@ class CaptureReader:
         dec = decode_ethernet
         learned = self.local.learned
         ifindex = ring.ifindex
-        owner = self.owner
         skips = self.skips
         packets = 0
         not_owner = 0
@@ -269,21 +255,12 @@ class CaptureReader:
                 nxt, sec, nsec, snap, wire, mac = _hdr(mv, off)
                 r = dec(mv, off + mac, snap, wire)  # type: ignore[arg-type]
                 if r.__class__ is tuple:
-                    key = r[0]
-                    half = r[1]
-                    rev = ((key & ((1 << half) - 1)) << half) | (key >> half)
-                    o = owner.get(key if key < rev else rev)
-                    if o is None:
-                        owner[key if key < rev else rev] = ifindex
-                    elif o != ifindex:
-                        not_owner += 1
-                        off += nxt
-                        continue
                     if mv[off + PKTTYPE_OFFSET] != 4:  # not PACKET_OUTGOING: from the pod
-                        src = key >> (half + 16)
+                        src = r[0] >> (r[1] + 16)
                         if src not in learned:
                             learned[src] = ifindex
-                    add(sec + nsec * 1e-9, r)
+                    if not add(sec + nsec * 1e-9, r, ifindex):
+                        not_owner += 1
                 else:
                     skips[r] += 1  # type: ignore[index]
                 off += nxt

@@ -59,6 +59,7 @@ class PacketRing:
     __slots__ = (
         "block_nr",
         "block_size",
+        "block_timeout",
         "cur",
         "freezes",
         "ifindex",
@@ -87,6 +88,8 @@ class PacketRing:
         self.name = name
         self.block_size = block_size
         self.block_nr = block_nr
+        #: seconds after which the kernel hands over a block that is not full
+        self.block_timeout = block_timeout_ms / 1000
         self.cur = 0
         self.packets = 0  # packets read from the ring
         self.not_owner = 0  # packets left to the other interface (exactly-once rule)

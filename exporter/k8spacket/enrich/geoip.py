@@ -88,16 +88,24 @@ class GeoIPDatabase:
     ``city_path`` ``None`` (or ``""``) means the packaged GeoLite2-City; ``asn_path``
     ``None`` means ``GeoLite2-ASN.mmdb`` beside the City file if it exists, ``""``
     means no ASN database. Readers are thread-safe (memory-mapped, read only).
+    ``city_setting``/``asn_setting`` are the keys errors name (the ones the user set).
     """
 
-    def __init__(self, city_path: str | None = None, asn_path: str | None = None) -> None:
+    def __init__(
+        self,
+        city_path: str | None = None,
+        asn_path: str | None = None,
+        *,
+        city_setting: str = CITY_SETTING,
+        asn_setting: str = ASN_SETTING,
+    ) -> None:
         if not city_path:
             city_path = packaged_city_database()
             beside = None
         else:
             beside = os.path.join(os.path.dirname(city_path) or ".", ASN_FILE_BESIDE)
         self.city_path = city_path
-        self._city = _open(city_path, CITY_SETTING, ("City", "Country", "Enterprise"))
+        self._city = _open(city_path, city_setting, ("City", "Country", "Enterprise"))
         kind = self._city.metadata().database_type
         self._city_get: Callable[[str], Any]
         if "City" in kind:
@@ -112,7 +120,7 @@ class GeoIPDatabase:
         self._asn: geoip2.database.Reader | None = None
         self._asn_get: Callable[[str], Any] | None = None
         if self.asn_path:
-            self._asn = _open(self.asn_path, ASN_SETTING, ("ASN", "ISP"))
+            self._asn = _open(self.asn_path, asn_setting, ("ASN", "ISP"))
             is_isp = "ISP" in self._asn.metadata().database_type
             self._asn_get = self._asn.isp if is_isp else self._asn.asn
 

@@ -1,7 +1,7 @@
 """Naming addresses without Kubernetes: the inventory file.
 
 For ``k8spacket replay``, the demo and plain Linux hosts, names come from a
-YAML file (DESIGN.md, "Configuration")::
+YAML file (docs/design.md, "Inventory file")::
 
     endpoints:
       - cidr: 10.244.1.5/32        # an address or a CIDR; the longest prefix wins

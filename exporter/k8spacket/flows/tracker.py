@@ -2,24 +2,48 @@
 
 One table entry per TCP connection, keyed by the packed addresses and ports of
 the first packet seen (the reverse direction is looked up on a miss). Rules
-(DESIGN.md, "Connection records"):
+(docs/design.md, "Connection records"):
 
 * client and server come from the first SYN; with no SYN seen, the side using
-  the ephemeral port is the client (``midstream``);
+  the ephemeral port is the client (``midstream``). A SYN-ACK captured just
+  before its SYN (reordered capture) still makes one connection: the SYN that
+  the SYN-ACK acknowledges joins the entry the SYN-ACK made;
 * bytes per direction are the advance of the sequence space (modulo 2**32, so
   wraps past 4 GiB are fine): retransmissions and duplicates add nothing, a gap
-  filled later is counted once, SYN and FIN flags are not bytes;
-* handshake time is first SYN → the client's ACK of the SYN-ACK;
-* a connection ends on RST, on the ACK of the second FIN, or when idle longer
-  than ``close_older_than``; while open, interim records (``close=None``) are
-  emitted every ``flush_period`` so long-lived connections show up early;
+  filled later is counted once, SYN and FIN flags are not bytes. An advance
+  seen only in a packet without payload (a pure ACK past the last byte seen, or
+  the peer's acknowledgement in lean mode) holds its last unit back: it is
+  either a byte the capture lost or a FIN it lost, and later packets decide;
+* handshake time is first SYN → the client's ACK of the SYN-ACK (lean mode,
+  where that ACK is not captured: first SYN → SYN-ACK);
+* a connection ends on a valid RST, on the ACK of the second FIN (lean mode: at
+  the second FIN), also when one FIN was lost and the peer's acknowledgement
+  covers it. A RST the receiving stack would refuse (RFC 9293, RFC 5961) is
+  ignored and counted (``invalid_rst``): during the handshake one whose ACK does
+  not acknowledge the SYN, afterwards one whose sequence number is outside
+  ``RST_WINDOW`` of the sender's position;
+* silent for ``close_older_than``: the connection's bytes go out in an interim
+  record and the entry turns *dormant* (same slots, one state bit; still open);
+  a later packet continues it. Only after ``forget_after`` of silence, or when
+  the table needs room, does it end with ``close: idle`` (``forget_after ==
+  close_older_than`` gives the old "idle means over" rule). A SYN nobody
+  answered ends ``idle`` after ``close_older_than``, as before. In lean mode
+  silence is not evidence (small messages pass no filter), so an established
+  connection is forgotten only for room, when its interface goes away, or, half
+  closed, after ``forget_after``;
+* while open, interim records (``close=None``) are emitted every
+  ``flush_period`` so long-lived connections show up early;
 * the table has a hard size cap: when it is full the least recently active
   connections are flushed (counted as evicted by ``capacity``);
 * a SYN on a key whose connection is closing or closed starts a new connection
-  (port reuse).
+  (port reuse);
+* each entry remembers the interface (ifindex) that first showed it: the
+  exactly-once rule of the capture reader (:meth:`ConnectionTracker.add`
+  returns ``False`` for a copy seen on another interface).
 
 Time comes in with each packet (``ts``) so replay and tests drive the clock. This
-module is the hot path: flat code, ``__slots__``, ints for state.
+module is the hot path: flat code, ``__slots__``, ints for state; rare cases go
+to the slow methods.
 """
 
 from __future__ import annotations
@@ -55,10 +79,21 @@ S_MID = 256  # no SYN seen
 S_REFUSED = 512
 S_REPORTED = 1024  # at least one record emitted
 S_RST = 2048
+S_DORMANT = 4096  # silent past close_older_than: bytes flushed, still open
+S_CPEND = 8192  # the client's last sequence unit is a lost byte or a lost FIN
+S_SPEND = 16384
+S_LEAN = 32768  # tracked from a lean capture (see module docstring)
+#: any of these sends a data packet down the slow path
+_SLOW = S_CFIN | S_SFIN | S_CLOSED | S_DORMANT | S_CPEND | S_SPEND | S_LEAN
 
 _EPHEMERAL_MIN = 32768
 #: How long a closed connection's entry absorbs late packets (final ACKs, RST echoes).
 CLOSED_LINGER = 2.0
+#: A RST whose sequence number is further than this from the sender's known
+#: position is outside any receive window this tracker can assume (Linux's
+#: default maximum receive buffer is 6 MiB); lean captures lag by at most one
+#: boundary plus one segment, far less.
+RST_WINDOW = 1 << 23
 
 Sink = Callable[[ConnectionRecord], None]
 
@@ -66,21 +101,46 @@ Sink = Callable[[ConnectionRecord], None]
 class Connection:
     """State of one tracked TCP connection (kept small: one per open connection)."""
 
-    __slots__ = ("cb", "cf", "chi", "half", "hs", "key", "rep", "sb", "shi", "st", "t0", "t1")
+    __slots__ = (
+        "client_bytes",
+        "client_first",
+        "client_next",
+        "half",
+        "handshake",
+        "key",
+        "last",
+        "owner",
+        "reported_at",
+        "server_bytes",
+        "server_next",
+        "start",
+        "state",
+    )
 
-    def __init__(self, key: int, half: int, client_first: bool, st: int, t0: float) -> None:
+    def __init__(
+        self, key: int, half: int, client_first: bool, state: int, start: float, owner: int
+    ) -> None:
         self.key = key
         self.half = half
-        self.cf = client_first  # True when the key's first address is the client
-        self.st = st
-        self.chi = 0  # client: next sequence number expected (high-water mark)
-        self.shi = 0
-        self.cb = 0  # client → server bytes since the last record
-        self.sb = 0
-        self.t0 = t0  # first packet (the first SYN for a normal connection)
-        self.t1 = t0  # last packet
-        self.rep = t0  # time of the last record (for interim records)
-        self.hs: float | None = None
+        self.client_first = client_first  # True when the key's first address is the client
+        self.state = state
+        self.client_next = 0  # client: next sequence number expected (high-water mark)
+        self.server_next = 0
+        self.client_bytes = 0  # client → server bytes since the last record
+        self.server_bytes = 0
+        self.start = start  # first packet (the first SYN for a normal connection)
+        self.last = start  # last packet
+        self.reported_at = start  # time of the last record (for interim records)
+        self.handshake: float | None = None
+        self.owner = owner  # ifindex of the interface that showed it first (0: any)
+
+
+def _lost_fin(st: int) -> bool:
+    """One side's FIN seen, the other's held unit acknowledged: the FIN the capture lost."""
+    return bool(
+        (st & S_SFIN and st & S_CPEND and not st & S_CFIN)
+        or (st & S_CFIN and st & S_SPEND and not st & S_SFIN)
+    )
 
 
 def sender_is_client(sport: int, dport: int) -> bool:
@@ -98,7 +158,9 @@ class ConnectionTracker:
     """Turns decoded TCP packets into :class:`ConnectionRecord` objects.
 
     ``sink`` receives every record. ``is_local`` (address string → bool) decides
-    the ``reporter`` field; without it ``reporter`` stays ``None``.
+    the ``reporter`` field; without it ``reporter`` stays ``None``. ``lean``
+    says the packets come through the lean capture filter (control packets and
+    sequence-boundary crossings only, :mod:`k8spacket.capture.bpf`).
     """
 
     __slots__ = (
@@ -106,8 +168,10 @@ class ConnectionTracker:
         "connections",
         "evicted",
         "flush_period",
+        "forget_after",
         "ignored",
         "is_local",
+        "lean",
         "max_connections",
         "next_sweep",
         "records",
@@ -121,18 +185,24 @@ class ConnectionTracker:
         *,
         close_older_than: float = 20.0,
         flush_period: float = 10.0,
+        forget_after: float = 600.0,
         max_connections: int = 500_000,
         is_local: Callable[[str], bool] | None = None,
+        lean: bool = False,
     ) -> None:
         if close_older_than <= 0 or flush_period <= 0:
             raise ValueError("close_older_than and flush_period must be positive")
+        if forget_after < close_older_than:
+            raise ValueError("forget_after must be at least close_older_than")
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.sink = sink
         self.close_older_than = close_older_than
         self.flush_period = flush_period
+        self.forget_after = forget_after
         self.max_connections = max_connections
         self.is_local = is_local
+        self.lean = lean
         self.table: dict[int, Connection] = {}
         #: packet time of the next sweep (the first packet triggers one on the empty table)
         self.next_sweep = float("-inf")
@@ -140,12 +210,17 @@ class ConnectionTracker:
         self.connections = 0
         #: reason → count (``idle``, ``capacity``): entries removed before they closed.
         self.evicted: dict[str, int] = {"idle": 0, "capacity": 0}
-        #: reason → count of packets the tracker could not attribute.
-        self.ignored: dict[str, int] = {"stray_rst": 0, "after_close": 0}
+        #: reason → count of packets the tracker could not attribute or refused.
+        self.ignored: dict[str, int] = {"stray_rst": 0, "after_close": 0, "invalid_rst": 0}
 
     # ------------------------------------------------------------------ packets
-    def add(self, ts: float, pkt: Decoded) -> None:
-        """Account one decoded packet (see :data:`k8spacket.decode.Decoded`)."""
+    def add(self, ts: float, pkt: Decoded, ifindex: int = 0) -> bool:
+        """Account one decoded packet (see :data:`k8spacket.decode.Decoded`).
+
+        ``ifindex`` is the interface it was captured on (0 in replay). Returns
+        ``False`` when the connection belongs to another interface (a copy of a
+        packet already seen there: the caller counts it), ``True`` otherwise.
+        """
         key, half, sport, dport, seq, ack, flags, plen = pkt
         if ts >= self.next_sweep:
             self.sweep(ts)
@@ -157,49 +232,208 @@ class ConnectionTracker:
             else:
                 conn = table.get(((key & _M144) << 144) | (key >> 144))
             if conn is None:
-                self._new(ts, key, half, sport, dport, seq, flags, plen)
-                return
-            d = conn.cf  # found by the reverse key: the sender is the key's second side
+                self._new(ts, key, half, sport, dport, seq, ack, flags, plen, ifindex)
+                return True
+            d = conn.client_first  # found by the reverse key: the sender is the key's second side
         else:
-            d = not conn.cf
+            d = not conn.client_first
+        if conn.owner != ifindex:
+            if conn.owner:
+                return False
+            conn.owner = ifindex
         # d is False for client → server, True for server → client
-        st = conn.st
-        if flags & 0x07 == 0:  # fast path: no SYN/FIN/RST
-            conn.t1 = ts
-            if st & S_CLOSED:
-                self.ignored["after_close"] += 1
-                return
-            if not d:
-                if st & S_CSEQ:
-                    end = (seq + plen) & MASK
-                    adv = (end - conn.chi) & MASK
-                    if 0 < adv < HALF:
-                        conn.cb += adv
-                        conn.chi = end
-                else:
-                    conn.chi = (seq + plen) & MASK
-                    conn.cb += plen
-                    conn.st = st = st | S_CSEQ
-                if st & S_SYNACK and not st & S_ESTAB and flags & ACK:
-                    conn.hs = ts - conn.t0
-                    conn.st = st | S_ESTAB
-                elif st & S_CFIN and st & S_SFIN and flags & ACK and ack == conn.shi:
-                    self._final(conn, "fin")
+        st = conn.state
+        if flags & 0x07 or st & _SLOW:
+            if flags & 0x07:
+                self._control(conn, d, ts, sport, dport, seq, ack, flags, plen)
             else:
-                if st & S_SSEQ:
-                    end = (seq + plen) & MASK
-                    adv = (end - conn.shi) & MASK
-                    if 0 < adv < HALF:
-                        conn.sb += adv
-                        conn.shi = end
+                self._data(conn, d, ts, seq, ack, flags, plen)
+            return True
+        # fast path: a data or ACK segment of an open connection in full mode
+        conn.last = ts
+        if not d:
+            if st & S_CSEQ:
+                end = (seq + plen) & MASK
+                adv = (end - conn.client_next) & MASK
+                if 0 < adv < HALF:
+                    if plen:
+                        conn.client_bytes += adv
+                        conn.client_next = end
+                    else:
+                        self._hold(conn, False, end, adv)
+            else:
+                conn.client_next = (seq + plen) & MASK
+                conn.client_bytes += plen
+                conn.state = st = st | S_CSEQ
+            if st & S_SYNACK and not st & S_ESTAB and flags & ACK:
+                conn.handshake = ts - conn.start
+                conn.state = st | S_ESTAB
+        elif st & S_SSEQ:
+            end = (seq + plen) & MASK
+            adv = (end - conn.server_next) & MASK
+            if 0 < adv < HALF:
+                if plen:
+                    conn.server_bytes += adv
+                    conn.server_next = end
                 else:
-                    conn.shi = (seq + plen) & MASK
-                    conn.sb += plen
-                    conn.st = st | S_SSEQ
-                if st & S_CFIN and st & S_SFIN and flags & ACK and ack == conn.chi:
-                    self._final(conn, "fin")
+                    self._hold(conn, True, end, adv)
+        else:
+            conn.server_next = (seq + plen) & MASK
+            conn.server_bytes += plen
+            conn.state = st | S_SSEQ
+        return True
+
+    # ------------------------------------------------------- sequence positions
+    def _hold(self, conn: Connection, server: bool, end: int, adv: int) -> None:
+        """An advance to ``end`` known without its payload: hold the last unit back.
+
+        That unit is a byte the capture lost or a FIN it lost; a later packet
+        decides (:meth:`_advance`), a close without the FIN drops it.
+        """
+        if server:
+            if conn.state & S_SPEND:
+                conn.server_bytes += 1  # more came after it: the held unit was a byte
+            conn.server_bytes += adv - 1
+            conn.server_next = end
+            conn.state |= S_SPEND
+        else:
+            if conn.state & S_CPEND:
+                conn.client_bytes += 1
+            conn.client_bytes += adv - 1
+            conn.client_next = end
+            conn.state |= S_CPEND
+
+    def _advance(self, conn: Connection, server: bool, seq: int, plen: int, fin: int) -> None:
+        """The sender's own segment (payload ``plen``, ``fin`` 0 or 1) moves its position."""
+        st = conn.state
+        known, pend, finbit = (S_SSEQ, S_SPEND, S_SFIN) if server else (S_CSEQ, S_CPEND, S_CFIN)
+        nxt = conn.server_next if server else conn.client_next
+        end = (seq + plen + fin) & MASK
+        if not st & known:
+            st |= known | (finbit if fin else 0)
+            if server:
+                conn.server_next = end
+                conn.server_bytes += plen
+            else:
+                conn.client_next = end
+                conn.client_bytes += plen
+            conn.state = st
             return
-        self._control(conn, d, ts, sport, dport, seq, ack, flags, plen)
+        extra = 0
+        if st & pend and (plen or fin):
+            pos = (seq + plen) & MASK  # where a FIN would sit
+            if fin and pos == (nxt - 1) & MASK:
+                st = (st & ~pend) | finbit  # the held unit was this FIN
+                conn.state = st
+                return
+            if ((seq - nxt) & MASK) < HALF:  # starts at or past the held unit: it was a byte
+                st &= ~pend
+                extra = 1
+        adv = (end - nxt) & MASK
+        if 0 < adv < HALF:
+            if not (plen or fin):
+                conn.state = st
+                self._hold(conn, server, end, adv)  # a pure ACK past the last byte seen
+                return
+            n = adv - fin + extra
+            if server:
+                conn.server_bytes += n
+                conn.server_next = end
+            else:
+                conn.client_bytes += n
+                conn.client_next = end
+        elif extra:
+            if server:
+                conn.server_bytes += 1
+            else:
+                conn.client_bytes += 1
+        if fin and adv < HALF:
+            st |= finbit  # (adv 0: a FIN retransmitted)
+        conn.state = st
+
+    def _ack_advance(self, conn: Connection, server: bool, ack: int) -> None:
+        """The peer acknowledged ``ack``: the ``server`` (or client) side got at least there."""
+        st = conn.state
+        if server:
+            if not st & S_SSEQ:
+                conn.server_next = ack
+                conn.state = st | S_SSEQ
+                return
+            if st & S_SFIN:
+                return
+            adv = (ack - conn.server_next) & MASK
+        else:
+            if not st & S_CSEQ:
+                conn.client_next = ack
+                conn.state = st | S_CSEQ
+                return
+            if st & S_CFIN:
+                return
+            adv = (ack - conn.client_next) & MASK
+        if 0 < adv < HALF:
+            if st & S_LEAN:
+                # lean: data the filter did not pass is the usual reason; a FIN
+                # the kernel dropped is not told from it (docs/capture.md)
+                if server:
+                    conn.server_bytes += adv
+                    conn.server_next = ack
+                else:
+                    conn.client_bytes += adv
+                    conn.client_next = ack
+                return
+            self._hold(conn, server, ack, adv)
+
+    # ------------------------------------------------------------- slow paths
+    def _data(
+        self, conn: Connection, d: bool, ts: float, seq: int, ack: int, flags: int, plen: int
+    ) -> None:
+        """A packet without SYN/FIN/RST of a closing, dormant, held or lean connection."""
+        st = conn.state
+        if st & S_CLOSED:
+            conn.last = ts
+            self.ignored["after_close"] += 1
+            return
+        conn.last = ts
+        if st & S_DORMANT:
+            conn.state = st = st & ~S_DORMANT
+        self._advance(conn, d, seq, plen, 0)
+        if flags & ACK:
+            if st & S_LEAN:
+                self._ack_advance(conn, not d, ack)
+            if not d and st & S_SYNACK and not st & S_ESTAB:
+                conn.handshake = ts - conn.start
+                conn.state |= S_ESTAB
+            if conn.state & (S_CFIN | S_SFIN):
+                self._closing(conn, d, ack)
+
+    def _closing(self, conn: Connection, d: bool, ack: int) -> None:
+        """An ACK from side ``d`` once a FIN was seen: does it end the connection?"""
+        st = conn.state
+        mine_fin, peer_fin, mine_pend = (
+            (S_SFIN, S_CFIN, S_SPEND) if d else (S_CFIN, S_SFIN, S_CPEND)
+        )
+        if st & mine_fin and not st & peer_fin:
+            # this side closed; an ACK one unit past the peer's position covers
+            # the peer's FIN, which the capture lost
+            if d:
+                if (ack - conn.client_next) & MASK == 1:
+                    conn.client_next = ack
+                    conn.state = (st & ~S_CPEND) | S_CFIN
+                    self._final(conn, "fin")
+            elif (ack - conn.server_next) & MASK == 1:
+                conn.server_next = ack
+                conn.state = (st & ~S_SPEND) | S_SFIN
+                self._final(conn, "fin")
+            return
+        peer_next = conn.client_next if d else conn.server_next
+        if not st & peer_fin or ack != peer_next:
+            return
+        if not st & mine_fin:
+            if not st & mine_pend:
+                return  # a half-close: the peer is done, this side is not
+            st = (st & ~mine_pend) | mine_fin  # my FIN was lost: the held unit was it
+            conn.state = st
+        self._final(conn, "fin")
 
     def _control(
         self,
@@ -214,28 +448,48 @@ class ConnectionTracker:
         plen: int,
     ) -> None:
         """Packets with SYN, FIN or RST: the state machine's slow path."""
-        st = conn.st
-        last = conn.t1
-        conn.t1 = ts
+        st = conn.state
+        last = conn.last
+        conn.last = ts
+        if st & S_DORMANT and not st & S_CLOSED:
+            conn.state = st = st & ~S_DORMANT
         if flags & SYN:
             if not flags & ACK:
+                if (
+                    not d
+                    and st & S_MID
+                    and st & S_SYNACK
+                    and not st & (S_REPORTED | S_CLOSED)
+                    and (seq + 1 + plen) & MASK == conn.client_next
+                ):
+                    # the SYN its SYN-ACK acknowledged, captured after it: one connection
+                    conn.state = (st & ~(S_MID | S_ESTAB)) | S_SYN
+                    conn.client_bytes += plen
+                    if st & S_LEAN:
+                        conn.handshake = abs(conn.start - ts)
+                        conn.state |= S_ESTAB
+                    conn.start = min(conn.start, ts)
+                    return
                 # A SYN on a closed entry, or the client's SYN on a connection that
                 # got past its own SYN: port reuse, a new connection. Otherwise a
                 # retransmitted SYN (or a simultaneous open): nothing to count.
                 if st & S_CLOSED or (not d and st & (S_SYNACK | S_MID | S_CFIN | S_SFIN | S_SSEQ)):
                     if not st & S_CLOSED:
-                        conn.t1 = last  # the old connection ends at its own last packet
+                        conn.last = last  # the old connection ends at its own last packet
                         self._final(conn, "idle")
                     del self.table[conn.key]
-                    key = conn.key if conn.cf != d else reverse_key(conn.key, conn.half)
-                    self._new(ts, key, conn.half, sport, dport, seq, flags, plen)
+                    key = conn.key if conn.client_first != d else reverse_key(conn.key, conn.half)
+                    self._new(ts, key, conn.half, sport, dport, seq, ack, flags, plen, conn.owner)
                 return
             if flags & ACK and d and not st & S_CLOSED:
                 # SYN-ACK from the server
                 if not st & S_SYNACK:
-                    conn.shi = (seq + 1 + plen) & MASK
-                    conn.sb += plen
-                    conn.st = st | S_SYNACK | S_SSEQ
+                    conn.server_next = (seq + 1 + plen) & MASK
+                    conn.server_bytes += plen
+                    conn.state = st = st | S_SYNACK | S_SSEQ
+                    if st & S_LEAN and st & S_SYN:
+                        conn.handshake = ts - conn.start
+                        conn.state = st | S_ESTAB
                 return
             if st & S_CLOSED:
                 self.ignored["after_close"] += 1
@@ -246,35 +500,39 @@ class ConnectionTracker:
             return
         if flags & RST:
             if d and st & S_SYN and not st & (S_SYNACK | S_SSEQ):
-                conn.st = st | S_REFUSED
-            conn.st |= S_RST
+                # in SYN-SENT only a RST acknowledging the SYN is acceptable
+                if not flags & ACK or ack != conn.client_next:
+                    conn.last = last
+                    self.ignored["invalid_rst"] += 1
+                    return
+                conn.state = st | S_REFUSED
+            elif st & (S_SSEQ if d else S_CSEQ):
+                nxt = conn.server_next if d else conn.client_next
+                off = (seq - nxt) & MASK
+                if RST_WINDOW < off < (1 << 32) - RST_WINDOW:
+                    conn.last = last
+                    self.ignored["invalid_rst"] += 1
+                    return
+                if st & S_LEAN and off < HALF:
+                    self._advance(conn, d, seq, plen, 0)  # bytes the filter did not pass
+            if st & S_LEAN and flags & ACK:
+                self._ack_advance(conn, not d, ack)
+            conn.state |= S_RST
             self._final(conn, "rst")
             return
         # FIN (possibly with data)
-        if not d:
-            if st & S_CSEQ:
-                end = (seq + plen + 1) & MASK
-                adv = (end - conn.chi) & MASK
-                if 0 < adv < HALF:
-                    conn.cb += adv - 1
-                    conn.chi = end
+        self._advance(conn, d, seq, plen, 1)
+        if flags & ACK:
+            self._ack_advance(conn, not d, ack)
+            st = conn.state
+            if not d and st & S_SYNACK and not st & S_ESTAB:
+                conn.handshake = ts - conn.start
+                conn.state = st = st | S_ESTAB
+            if st & S_CFIN and st & S_SFIN:
+                if st & S_LEAN:
+                    self._final(conn, "fin")  # the last ACK is not captured in lean mode
             else:
-                conn.chi = (seq + plen + 1) & MASK
-                conn.cb += plen
-                st |= S_CSEQ
-            conn.st = st | S_CFIN
-        else:
-            if st & S_SSEQ:
-                end = (seq + plen + 1) & MASK
-                adv = (end - conn.shi) & MASK
-                if 0 < adv < HALF:
-                    conn.sb += adv - 1
-                    conn.shi = end
-            else:
-                conn.shi = (seq + plen + 1) & MASK
-                conn.sb += plen
-                st |= S_SSEQ
-            conn.st = st | S_SFIN
+                self._closing(conn, d, ack)
 
     def _new(
         self,
@@ -284,8 +542,10 @@ class ConnectionTracker:
         sport: int,
         dport: int,
         seq: int,
+        ack: int,
         flags: int,
         plen: int,
+        owner: int,
     ) -> None:
         """First packet of an unknown connection."""
         if flags & RST:
@@ -293,40 +553,50 @@ class ConnectionTracker:
             return
         if len(self.table) >= self.max_connections:
             self._evict_for_capacity(ts)
+        lean = S_LEAN if self.lean else 0
         if flags & SYN:
             if flags & ACK:  # SYN-ACK without the SYN: the sender is the server
-                conn = Connection(key, half, False, S_MID | S_SYNACK | S_SSEQ | S_ESTAB, ts)
-                conn.shi = (seq + 1 + plen) & MASK
-                conn.sb = plen
+                conn = Connection(
+                    key, half, False, S_MID | S_SYNACK | S_SSEQ | S_ESTAB | S_CSEQ | lean, ts, owner
+                )
+                conn.server_next = (seq + 1 + plen) & MASK
+                conn.server_bytes = plen
+                conn.client_next = ack  # what the SYN-ACK acknowledges: the client's SYN
             else:
-                conn = Connection(key, half, True, S_SYN | S_CSEQ, ts)
-                conn.chi = (seq + 1 + plen) & MASK
-                conn.cb = plen
+                conn = Connection(key, half, True, S_SYN | S_CSEQ | lean, ts, owner)
+                conn.client_next = (seq + 1 + plen) & MASK
+                conn.client_bytes = plen
         else:
             client = sender_is_client(sport, dport)
             fin = 1 if flags & FIN else 0
-            conn = Connection(key, half, client, S_MID, ts)
+            conn = Connection(key, half, client, S_MID | lean, ts, owner)
             if client:
-                conn.chi = (seq + plen + fin) & MASK
-                conn.cb = plen
-                conn.st = S_MID | S_CSEQ | (S_CFIN if fin else 0)
+                conn.client_next = (seq + plen + fin) & MASK
+                conn.client_bytes = plen
+                conn.state |= S_CSEQ | (S_CFIN if fin else 0)
+                if flags & ACK:
+                    conn.server_next = ack
+                    conn.state |= S_SSEQ
             else:
-                conn.shi = (seq + plen + fin) & MASK
-                conn.sb = plen
-                conn.st = S_MID | S_SSEQ | (S_SFIN if fin else 0)
+                conn.server_next = (seq + plen + fin) & MASK
+                conn.server_bytes = plen
+                conn.state |= S_SSEQ | (S_SFIN if fin else 0)
+                if flags & ACK:
+                    conn.client_next = ack
+                    conn.state |= S_CSEQ
         self.table[key] = conn
         self.connections += 1
 
     # ----------------------------------------------------------------- records
     def _record(self, conn: Connection, close: str | None, end: float) -> ConnectionRecord:
-        if end < conn.t0:  # capture timestamps that go backwards: never end before the start
-            end = conn.t0
+        if end < conn.start:  # capture timestamps that go backwards: never end before the start
+            end = conn.start
         a, pa, b, pb = key_endpoints(conn.key, conn.half)
-        if conn.cf:
+        if conn.client_first:
             src, sport, dst, dport = a, pa, b, pb
         else:
             src, sport, dst, dport = b, pb, a, pa
-        st = conn.st
+        st = conn.state
         outcome: Outcome
         if st & S_REFUSED:
             outcome = "refused"
@@ -342,32 +612,48 @@ class ConnectionTracker:
                 reporter = "client"
             elif self.is_local(dst):
                 reporter = "server"
+        hs = conn.handshake
         rec = ConnectionRecord(
             src=src,
             src_port=sport,
             dst=dst,
             dst_port=dport,
-            bytes_sent=conn.cb,
-            bytes_received=conn.sb,
-            handshake_seconds=None if conn.hs is None else round(conn.hs, 6),
-            duration_seconds=round(max(0.0, end - conn.t0), 6),
+            bytes_sent=conn.client_bytes,
+            bytes_received=conn.server_bytes,
+            handshake_seconds=None if hs is None else round(hs, 6),
+            duration_seconds=round(max(0.0, end - conn.start), 6),
             outcome=outcome,
             close=close,  # type: ignore[arg-type]
-            start=conn.t0,
+            start=conn.start,
             end=end,
             reporter=reporter,  # type: ignore[arg-type]
             first=not st & S_REPORTED,
         )
-        conn.cb = 0
-        conn.sb = 0
-        conn.rep = end
-        conn.st = st | S_REPORTED
+        conn.client_bytes = 0
+        conn.server_bytes = 0
+        conn.reported_at = end
+        conn.state = st | S_REPORTED
         self.records += 1
         return rec
 
     def _final(self, conn: Connection, close: str) -> None:
-        self.sink(self._record(conn, close, conn.t1))
-        conn.st |= S_CLOSED
+        st = conn.state
+        if st & (S_CPEND | S_SPEND):
+            # A held unit at the end: with the peer's FIN seen and no FIN of its own
+            # (and no RST), it was the FIN the capture lost; otherwise a byte.
+            if st & S_CPEND:
+                if close != "rst" and st & S_SFIN and not st & S_CFIN:
+                    st |= S_CFIN
+                else:
+                    conn.client_bytes += 1
+            if st & S_SPEND:
+                if close != "rst" and st & S_CFIN and not st & S_SFIN:
+                    st |= S_SFIN
+                else:
+                    conn.server_bytes += 1
+            conn.state = st & ~(S_CPEND | S_SPEND)
+        self.sink(self._record(conn, close, conn.last))
+        conn.state |= S_CLOSED
 
     # ------------------------------------------------------------------ time
     def sweep(self, now: float) -> None:
@@ -378,23 +664,38 @@ class ConnectionTracker:
         """
         self.next_sweep = now + self.flush_period
         idle_before = now - self.close_older_than
+        forget_before = now - self.forget_after
+        keep_dormant = self.forget_after > self.close_older_than
         linger_before = now - CLOSED_LINGER
         report_before = now - self.flush_period
         table = self.table
         dead: list[int] = []
         for key, conn in table.items():
-            st = conn.st
+            st = conn.state
             if st & S_CLOSED:
-                if conn.t1 <= linger_before:
+                if conn.last <= linger_before:
                     dead.append(key)
             elif st & S_CFIN and st & S_SFIN:
                 self._final(conn, "fin")
-            elif conn.t1 <= idle_before:
-                self.sink(self._record(conn, "idle", conn.t1))
-                conn.st |= S_CLOSED
+            elif conn.last <= idle_before:
+                if _lost_fin(st):
+                    self._final(conn, "fin")  # one FIN lost, the peer acknowledged it
+                    dead.append(key)
+                    continue
+                if st & S_DORMANT:
+                    if conn.last > forget_before:
+                        continue
+                    if st & S_LEAN and not st & (S_CFIN | S_SFIN):
+                        continue  # lean: silence is no evidence; room or the interface decide
+                elif keep_dormant and st & (S_SYNACK | S_SSEQ | S_MID):
+                    if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
+                        self.sink(self._record(conn, None, conn.last))
+                    conn.state |= S_DORMANT
+                    continue
+                self._final(conn, "idle")
                 self.evicted["idle"] += 1
                 dead.append(key)
-            elif conn.rep <= report_before:
+            elif conn.reported_at <= report_before:
                 self.sink(self._record(conn, None, now))
         for key in dead:
             del table[key]
@@ -402,16 +703,25 @@ class ConnectionTracker:
     def _evict_for_capacity(self, now: float) -> None:
         """The table is full: drop closed entries, then the least recently active 5%."""
         table = self.table
-        for key in [k for k, c in table.items() if c.st & S_CLOSED]:
+        for key in [k for k, c in table.items() if c.state & S_CLOSED]:
             del table[key]
         excess = len(table) - self.max_connections + 1
         if excess <= 0:
             return
         n = max(excess, self.max_connections // 20)
-        for conn in heapq.nsmallest(n, table.values(), key=attrgetter("t1")):
-            self.sink(self._record(conn, "idle", conn.t1))
+        for conn in heapq.nsmallest(n, table.values(), key=attrgetter("last")):
+            self._final(conn, "idle")
             del table[conn.key]
             self.evicted["capacity"] += 1
+
+    def release_owner(self, ifindex: int) -> None:
+        """Interface ``ifindex`` stopped capturing: its connections go to whichever sees them next.
+
+        Called when a ring closes (rare), never per packet or per sweep.
+        """
+        for conn in self.table.values():
+            if conn.owner == ifindex:
+                conn.owner = 0
 
     def flush_all(self, now: float | None = None) -> None:
         """Report every connection still in the table (end of a capture, shutdown).
@@ -420,14 +730,19 @@ class ConnectionTracker:
         capture ended); connections that only saw a SYN are ``unanswered``.
         """
         for conn in self.table.values():
-            st = conn.st
+            st = conn.state
             if st & S_CLOSED:
                 continue
-            if st & S_CFIN and st & S_SFIN:
+            if (st & S_CFIN and st & S_SFIN) or _lost_fin(st):
                 self._final(conn, "fin")
                 continue
-            end = conn.t1 if now is None else max(now, conn.t1)
-            if st & S_REPORTED and conn.cb == 0 and conn.sb == 0 and end <= conn.rep:
+            end = conn.last if now is None else max(now, conn.last)
+            if (
+                st & S_REPORTED
+                and conn.client_bytes == 0
+                and conn.server_bytes == 0
+                and (end <= conn.reported_at or st & S_DORMANT)
+            ):
                 continue
             self.sink(self._record(conn, None, end))
         self.table.clear()

@@ -6,7 +6,7 @@ store's lock, idle series expired first), reads the self-metric sources once,
 and yields newly built families. Nothing is cached between scrapes and no
 prometheus_client object lives on the record path.
 
-Family names, types and labels are the contract of DESIGN.md ("Metrics") and
+Family names, types and labels are the contract of docs/design.md ("Metrics") and
 are listed in ``docs/metrics.md`` (a test holds that table against this
 output). Counters and histograms add up across nodes; the only gauges are
 ``k8spacket_tcp_open_connections``, ``k8spacket_capture_interfaces``,

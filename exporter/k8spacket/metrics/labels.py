@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from k8spacket.flows.record import KINDS, ConnectionRecord
+from k8spacket.flows.record import ConnectionRecord, spelled_kind, spelled_workload
 
 DEFAULT_LABELS: tuple[str, ...] = (
     "src_namespace",
@@ -58,11 +58,9 @@ OPT_IN_LABELS: tuple[str, ...] = (
 LEVELS: tuple[str, ...] = ("workload", "pod")
 #: The value a folded label takes (see :mod:`k8spacket.metrics.budget`).
 OTHER = "__other__"
-UNKNOWN = "unknown"
 
 #: Labels that fold to ``__other__`` first when a family is over budget.
 _FOLD_FIRST = frozenset({"src_workload", "dst_workload", *OPT_IN_LABELS})
-_KIND_SET = frozenset(KINDS)
 
 LabelValues = Callable[[ConnectionRecord], tuple[str, ...]]
 
@@ -71,18 +69,8 @@ class LabelPolicyError(ValueError):
     """A label choice that cannot work (unknown label, level or a conflict)."""
 
 
-def _kind(kind: str, org: str) -> str:
-    if kind in _KIND_SET:
-        return kind
-    return "external" if org else UNKNOWN
-
-
-def _workload(workload: str, kind: str, org: str) -> str:
-    if workload:
-        return workload
-    if kind == "external" and org:
-        return org
-    return UNKNOWN
+_kind = spelled_kind
+_workload = spelled_workload
 
 
 def _src_part(rec: ConnectionRecord) -> tuple[str, str, str]:

@@ -6,7 +6,7 @@ few dict updates under one lock: no prometheus_client object is touched here.
 The collector (:mod:`k8spacket.metrics.collector`) takes a
 :meth:`TrafficMetrics.snapshot` on every scrape.
 
-Accounting rules (DESIGN.md, "Connection records" and "Metrics"):
+Accounting rules (docs/design.md, "Connection records" and "Metrics"):
 
 * bytes: every record's deltas add to ``sent``/``received``;
 * ``connections_total{outcome}``: once per connection, on its ``first`` record;

@@ -5,7 +5,7 @@ by HTTP handler threads (:meth:`ConnectionStore.records`); a lock guards the
 deque. The store keeps the last ``capacity`` records (oldest dropped first,
 counted in ``dropped``), each as its JSON-ready dict so a request only filters
 and serialises. Interim records are kept as they come: byte counts are deltas,
-so summing a connection's records gives its totals (DESIGN.md).
+so summing a connection's records gives its totals (docs/design.md).
 
 Limits: memory is about 1 KB per record; a time filter scans the whole deque.
 """

