@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
+from k8spacket.metrics.readback import parse_samples
 
 EdgeKey = tuple[str, str, str, str, str, str, str]  # src ns, wl, kind, dst ns, wl, kind, port
 
@@ -118,12 +118,7 @@ def scrape(url: str, timeout: float = 5.0) -> Scrape:
     status, body = http_get(url.rstrip("/") + "/metrics", timeout)
     if status != 200:
         raise OSError(f"{url}/metrics: HTTP {status}")
-    samples = [
-        (s.name, dict(s.labels), float(s.value))
-        for fam in text_string_to_metric_families(body.decode())
-        for s in fam.samples
-    ]
-    return Scrape(samples)
+    return Scrape(parse_samples(body.decode()))
 
 
 _EDGE_LABELS = ("src_namespace", "src_workload", "src_kind", "dst_namespace", "dst_workload",
