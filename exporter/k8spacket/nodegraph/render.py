@@ -2,7 +2,7 @@
 
 For people without Grafana, on the demo and on a real node alike. The page is
 drawn from the same answer as ``/api/graph/data`` and ``/api/graph/fields``
-(the Node Graph API shape, DESIGN.md "HTTP"; the builder is
+(the Node Graph API shape, docs/design.md "HTTP"; the builder is
 :meth:`k8spacket.nodegraph.api.GraphAPI.graph`), laid out by Graphviz's ``dot``
 (Debian package ``graphviz``; the PyPI ``graphviz`` package writes the DOT text):
 
