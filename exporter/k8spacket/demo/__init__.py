@@ -14,6 +14,8 @@ The pieces, one module each:
   plan (who calls whom, how) and the threads that carry it out inside the pods;
 * :mod:`~k8spacket.demo.forward`: loopback ports on this machine that lead to the
   agents and Prometheus inside the namespaces (nothing is routed out of them);
+* :mod:`~k8spacket.demo.observe`: the agents' metrics read back and summed per edge;
 * :mod:`~k8spacket.demo.view`: the live terminal view (rich);
+* :mod:`~k8spacket.demo.report`: the summary file and the exit picture;
 * :mod:`~k8spacket.demo.runner`: puts it together (``k8spacket demo``).
 """

@@ -45,7 +45,7 @@ from typing import IO, Any
 
 import yaml
 
-from k8spacket.demo import geo, observe
+from k8spacket.demo import geo, observe, report
 from k8spacket.demo.forward import Forwarder
 from k8spacket.demo.netns import (
     DemoNetwork,
@@ -55,7 +55,7 @@ from k8spacket.demo.netns import (
     netns_unavailable,
     remove_leftovers,
 )
-from k8spacket.demo.plan import BATCH, FLOWS, INTERNET, BatchSchedule, Flow, pairs, servers
+from k8spacket.demo.plan import BATCH, FLOWS, BatchSchedule, Flow, servers
 from k8spacket.demo.topology import AGENT_PORT, DEFAULT_BASE_PORT, PODS, PROMETHEUS_PORT, Topology
 from k8spacket.demo.traffic import TrafficError, TrafficRunner
 from k8spacket.demo.view import ViewState, edge_label, progress_line, render_view
@@ -302,22 +302,19 @@ class Demo:
                 return
 
     # ---------------------------------------------------------------- look
-    def urls(self) -> dict[str, str]:
-        prom = "prometheus" in self.forwarders
-        q = f"?source={self.cluster_sources()[0]}&window=60"  # rates over the last minute
-        out = {"graph page": self.forwarders["node1"].url + "/graph" + q}
-        for n in self.topo.nodes:
-            f = self.forwarders[f"node{n}"]
-            out[f"node{n} agent"] = f"{f.url}/metrics  {f.url}/api/graph/data  {f.url}/graph"
-        if prom:
-            out["prometheus"] = self.forwarders["prometheus"].url
-        return out
+    @property
+    def endpoints(self) -> report.Endpoints:
+        prom = self.forwarders.get("prometheus")
+        return report.Endpoints(
+            {n: self.forwarders[f"node{n}"].url for n in self.topo.nodes},
+            prom.url if prom is not None else None,
+        )
 
-    def scrapes(self) -> list[observe.Scrape]:
-        return [observe.scrape(self.forwarders[f"node{n}"].url) for n in self.topo.nodes]
+    def urls(self) -> dict[str, str]:
+        return self.endpoints.urls()
 
     def view_state(self) -> ViewState:
-        scrapes = self.scrapes()
+        scrapes = self.endpoints.scrapes()
         edges = observe.edges_from_metrics(scrapes)
         now = time.monotonic()
         state = ViewState(elapsed=now - self.started, duration=self.opts.duration, edges=edges,
@@ -374,148 +371,19 @@ class Demo:
                     break
 
     # ------------------------------------------------------------- results
-    def graph_answers(self) -> dict[str, Any]:
-        """Node Graph answers over the whole run: each agent's own, and the cluster-wide one.
-
-        Keys ``node1/bytes``, ``prometheus/connection``, ``agents/…`` (data) and
-        ``fields/connection``, ``fields/bytes``; a failed request gives ``{"error"}``.
-        """
-        window = (
-            f"from={int(self.traffic_started * 1000) - 2000}&to={int(time.time() * 1000) + 1000}"
-        )
-        out: dict[str, Any] = {}
-        first = self.forwarders["node1"].url
-
-        def get(key: str, url: str) -> None:
-            try:
-                out[key] = observe.http_json(url)
-            except (OSError, ValueError) as e:
-                out[key] = {"error": str(e)}
-
-        for stats in ("connection", "bytes"):
-            get(f"fields/{stats}", f"{first}/api/graph/fields?stats-type={stats}")
-            for n in self.topo.nodes:
-                base = self.forwarders[f"node{n}"].url
-                get(
-                    f"node{n}/{stats}",
-                    f"{base}/api/graph/data?stats-type={stats}&source=local&{window}",
-                )
-            for source in self.cluster_sources():
-                get(
-                    f"{source}/{stats}",
-                    f"{first}/api/graph/data?stats-type={stats}&source={source}&{window}",
-                )
-        return out
-
-    def cluster_sources(self) -> list[str]:
-        """Graph sources that show the whole cluster here (best first)."""
-        return (["prometheus"] if "prometheus" in self.forwarders else []) + ["agents"]
-
-    def cluster_graph(self, answers: dict[str, Any], stats: str) -> dict[str, Any]:
-        """The whole cluster's graph: Prometheus' or the agents' answer, else both agents' merged."""
-        for source in self.cluster_sources():
-            doc = answers.get(f"{source}/{stats}")
-            if isinstance(doc, dict) and doc.get("edges"):
-                return doc
-        nodes: dict[str, Any] = {}
-        edges: dict[str, Any] = {}
-        for n in self.topo.nodes:
-            doc = answers.get(f"node{n}/{stats}") or {}
-            for node in doc.get("nodes") or []:
-                nodes.setdefault(str(node.get("id")), node)
-            for e in doc.get("edges") or []:
-                edges.setdefault(str(e.get("id")), e)  # exactly-once: one agent per edge
-        return {"nodes": list(nodes.values()), "edges": list(edges.values())}
-
-    def records(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for n in self.topo.nodes:
-            with contextlib.suppress(OSError, ValueError):
-                out += observe.http_json(f"{self.forwarders[f'node{n}'].url}/nodegraph/connections")
-        return out
-
-    def summary(self, answers: dict[str, Any]) -> dict[str, Any]:
+    def results(self) -> list[Path]:
+        """Write ``--summary`` and the exit picture (the agents still run); the files."""
         assert self.facts is not None and self.traffic is not None
-        scrapes = self.scrapes()
-        edges = observe.edges_from_metrics(scrapes)
-        t = self.topo
-        recs = self.records()
-        inet = [r for r in recs if r.get("dst") == t.internet_ip]
-        named = [r for r in inet if r.get("dst_org")]
-
-        def workload(pod: str) -> tuple[str, str]:
-            if pod == INTERNET:
-                return "", self.facts.org if self.facts else ""
-            p = t.pod(pod)
-            return p.namespace, p.workload
-
-        plan_pairs = []
-        for client, server, port in pairs(FLOWS):
-            cns, cwl = workload(client)
-            sns, swl = workload(server)
-            match = [e for e in edges
-                     if (e.src_namespace, e.src_workload) == (cns, cwl)
-                     and (e.dst_namespace, e.dst_workload) == (sns, swl)
-                     and e.dst_port == str(port)]  # fmt: skip
-            plan_pairs.append(
-                {
-                    "client": client,
-                    "server": server,
-                    "port": port,
-                    "src": f"{cns}/{cwl}" if cns else cwl,
-                    "dst": f"{sns}/{swl}" if sns else swl,
-                    "kinds": sorted({f.kind for f in FLOWS
-                                     if (f.client, f.server, f.port) == (client, server, port)}),
-                    "metrics": match[0].as_dict() if match else None,
-                }
-            )  # fmt: skip
-        return {
-            "prefix": t.prefix,
-            "elapsed_seconds": round(time.monotonic() - self.started, 1),
-            "urls": self.urls(),
-            "names": {
-                "inventory": t.inventory()["endpoints"],
-                "internet": {
-                    "ip": t.internet_ip,
-                    "port": 443,
-                    "org": self.facts.org,
-                    "country": self.facts.country,
-                    "network": self.facts.network,
-                    "data": self.facts.source,
-                    "records": len(inet),
-                    "records_named": len(named),
-                    "record_org": named[-1].get("dst_org") if named else "",
-                    "record_country": named[-1].get("dst_country") if named else "",
-                },
-            },
-            "pairs": plan_pairs,
-            "edges": [e.as_dict() for e in edges],
-            "traffic": self.traffic.stats(),
-            "batch_cycles": self.batch_cycles,
-            "drops": observe.drops(scrapes),
-            "not_reported": sum(s.total("k8spacket_records_not_reported_total") for s in scrapes),
-            "graph": answers,
-        }
-
-    def write_picture(self, answers: dict[str, Any]) -> list[Path]:
-        from k8spacket.nodegraph import render
-
-        def view(stats: str) -> render.View:
-            fields = answers.get(f"fields/{stats}") or {}
-            return ({} if "error" in fields else fields), self.cluster_graph(answers, stats)
-
-        elapsed = time.time() - self.traffic_started
-        title = f"k8spacket demo: the whole cluster, {elapsed:.0f} s of traffic"
-        dot_source = render.to_dot(view("connection"), view("bytes"), title=title)
-        svg_path = self.opts.picture
-        written = []
-        svg_path.write_bytes(render.render(dot_source, "svg"))
-        written.append(svg_path)
-        with contextlib.suppress(RuntimeError, OSError):
-            png = svg_path.with_suffix(".png")
-            png.write_bytes(render.render(dot_source, "png"))
-            written.append(png)
-        return written
+        ep = self.endpoints
+        since = self.traffic_started - 2
+        answers = report.graph_answers(ep, since, time.time() + 1)
+        if self.opts.summary is not None:
+            doc = report.summary(self.topo, ep, self.facts, traffic=self.traffic.stats(),
+                                 batch_cycles=self.batch_cycles,
+                                 elapsed=time.monotonic() - self.started, answers=answers)  # fmt: skip
+            self.opts.summary.write_text(json.dumps(doc, indent=1) + "\n")
+        title = f"k8spacket demo: the whole cluster, {time.time() - self.traffic_started:.0f} s of traffic"
+        return report.write_picture(answers, ep, self.opts.picture, title)
 
     # ------------------------------------------------------------ teardown
     def teardown(self) -> list[str]:
@@ -572,10 +440,7 @@ def run_demo(opts: DemoOptions, out: IO[str] = sys.stdout) -> int:
             for name, url in demo.urls().items():
                 demo.say(f"  {name}: {url}")
             demo.wait()
-            answers = demo.graph_answers()
-            if opts.summary is not None:
-                opts.summary.write_text(json.dumps(demo.summary(answers), indent=1) + "\n")
-            pictures = demo.write_picture(answers)
+            pictures = demo.results()
             failed = False
         finally:
             for s, h in previous.items():
