@@ -203,7 +203,7 @@ def test_route_asks_for_both_views_and_passes_the_raw_query_on() -> None:
 @pytest.fixture
 def page_server() -> Iterator[AgentHTTPServer]:
     server = AgentHTTPServer("127.0.0.1", 0, CollectorRegistry(), ConnectionStore(10),
-                             lambda: True, graph=builder())  # fmt: skip
+                             lambda: [], raw_routes={"/graph": render.graph_page_route(builder())})  # fmt: skip
     server.start()
     try:
         yield server
