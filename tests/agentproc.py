@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class AgentProc:
         node: str = "n1",
         listen: str = "127.0.0.1",
         command: list[str] | None = None,
+        sets: Sequence[str] = (),
     ) -> None:
         config = workdir / "agent.yaml"
         config.write_text(
@@ -57,6 +58,8 @@ class AgentProc:
         self._log = self.log.open("wb")
         argv = [*(command or [sys.executable, "-m", "k8spacket.cli", "run"]),
                 "--config", str(config), "--listen", f"{listen}:{AGENT_PORT}"]  # fmt: skip
+        for item in sets:
+            argv += ["--set", item]
         full_env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "NODE_NAME")}
         full_env.update(env or {})
         self.proc = lab.popen_in(

@@ -200,7 +200,7 @@ def test_sync_pods_feeds_local_addresses_and_forgets_deleted_pods(cluster: FakeC
     cache.start()
     try:
         wait_for(cache.synced.is_set, "cache synced")
-        assert agent.ready_checks and all(check() for check in agent.ready_checks)
+        assert agent.ready_checks and all(check() for check in agent.ready_checks.values())
         agent.sync_pods()
         assert agent.local.is_local("10.244.1.5")
         assert not agent.local.is_local("10.244.2.7")  # another node's pod

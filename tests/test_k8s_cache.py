@@ -458,3 +458,41 @@ def test_backoff_schedule() -> None:
     assert b.next() == 1.0
     half = Backoff(initial=1.0, maximum=8.0, rand=lambda: 0.0)
     assert half.next() == 0.5
+
+
+class RecordingBackoff(Backoff):
+    """A fast backoff that remembers how often it was asked."""
+
+    def __init__(self) -> None:
+        super().__init__(initial=0.02, maximum=0.05, rand=lambda: 1.0)
+        self.waits = 0
+
+    def next(self) -> float:
+        self.waits += 1
+        return super().next()
+
+
+def test_a_watch_that_ends_at_once_without_events_backs_off(cluster: FakeCluster) -> None:
+    cluster.react(lambda k: k[kmock.action.WATCH, kmock.resource("v1/pods")] << b"")
+    backoffs: list[RecordingBackoff] = []
+
+    def backoff() -> RecordingBackoff:
+        backoffs.append(RecordingBackoff())
+        return backoffs[-1]
+
+    cfg = k8s_client.Configuration(host=cluster.url)
+    cfg.retries = False
+    api = k8s_client.ApiClient(cfg)
+    cache = K8sCache(api, resources=("pods",), watch_timeout=2.0, backoff=backoff)
+    cache.start()
+    try:
+        wait_for(lambda: cache.stats()["pods"]["short"] >= 3, "three short watches")
+        cache.stop()
+        stats = cache.stats()["pods"]
+        # every short watch waited a backoff before the next one; none relisted
+        assert backoffs[0].waits >= stats["short"] >= 3
+        assert stats["watches"] <= stats["short"] + 1
+        assert (stats["lists"], stats["relists"], stats["errors"]) == (1, 0, 0)
+    finally:
+        cache.stop()
+        api.close()

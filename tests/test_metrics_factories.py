@@ -100,6 +100,7 @@ def full_sources() -> SelfMetricSources:
             "whois": {"hit": 2, "error": 1},
         },
         k8s_watch_events=lambda: {"pods": 40, "services": 6, "nodes": 2},
+        thread_restarts=lambda: {"capture": 0, "interfaces": 1},
     )
 
 

@@ -1,11 +1,11 @@
 """A real Prometheus scrapes the exporter; PromQL returns what the test generated.
 
 The exporter side is an :class:`ExporterTarget`: an address Prometheus scrapes
-and a ``feed(records)`` that makes traffic happen. Today it is the collector's
-WSGI app (``make_wsgi_app``, the fast exposition) served on 127.0.0.1 and fed with
-synthesized connection records of known sizes; once ``k8spacket run`` exists
-the same test can get a target that starts the agent and makes real
-connections (the assertions only use PromQL).
+and a ``feed(records)`` that makes traffic happen. Here it is the registry's
+WSGI app (``make_wsgi_app``: the agent's content negotiation and fast writer)
+served on 127.0.0.1 and fed with synthesized connection records of known sizes.
+The app records what it answered, so the test also shows that a real
+Prometheus asks for (and parses) OpenMetrics, gzipped.
 
 Exact numbers from ``increase()``: Prometheus extrapolates a range to its
 edges unless the range starts and ends exactly on samples. The test finds the
@@ -26,7 +26,7 @@ import pytest
 
 from conftest import require_tool
 from k8spacket.flows.record import ConnectionRecord
-from k8spacket.metrics.collector import K8spacketCollector, make_wsgi_app
+from k8spacket.metrics.collector import build_registry, make_wsgi_app
 from k8spacket.metrics.sources import SelfMetricSources
 from k8spacket.metrics.traffic import TrafficMetrics
 from promserver import PrometheusServer
@@ -51,10 +51,20 @@ class CollectorTarget:
 
     def __init__(self) -> None:
         self.traffic = TrafficMetrics()
-        collector = K8spacketCollector(self.traffic, SelfMetricSources(flows_tracked=lambda: 0))
-        self.server = make_server(
-            "127.0.0.1", 0, make_wsgi_app(collector), handler_class=_QuietHandler
-        )
+        registry = build_registry(self.traffic, SelfMetricSources(flows_tracked=lambda: 0))
+        app = make_wsgi_app(registry)
+        #: (Content-Type, Content-Encoding) of every answer
+        self.answered: list[tuple[str, str]] = []
+
+        def recording(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            def start(status: str, headers: list[tuple[str, str]]) -> Any:
+                h = dict(headers)
+                self.answered.append((h["Content-Type"], h.get("Content-Encoding", "")))
+                return start_response(status, headers)
+
+            return app(environ, start)
+
+        self.server = make_server("127.0.0.1", 0, recording, handler_class=_QuietHandler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         self.address = f"127.0.0.1:{self.server.server_port}"
@@ -185,3 +195,8 @@ def test_promql_returns_the_generated_bytes_and_connections(
     )
     assert median_all == pytest.approx(0.001 + 0.0015 * (4.5 - 4) / 5)
     assert prometheus.value("k8spacket_flows_tracked", at=t_b) == 0
+    # Prometheus 2.x prefers OpenMetrics and accepts gzip: that is what it was served
+    assert isinstance(target, CollectorTarget)
+    content_type, encoding = target.answered[-1]
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert encoding == "gzip"

@@ -1,6 +1,9 @@
 """The node agent (``k8spacket run``): capture + tracker + records + HTTP.
 
-Threads:
+Threads (every one started and supervised by a
+:class:`~k8spacket.supervise.Supervisor`: an unexpected exception is logged with
+its traceback, counted in ``k8spacket_thread_restarts_total{thread}`` and the
+loop restarted with backoff; when it keeps failing ``/healthz`` fails):
 
 * ``capture``: :class:`~k8spacket.capture.reader.CaptureReader` reads every
   ring, decodes, applies the exactly-once rule, feeds the tracker and runs its
@@ -39,6 +42,7 @@ and ``ready_checks``.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +52,7 @@ from k8spacket.capture.bpf import compile_filter
 from k8spacket.capture.conntrack import ConntrackClient
 from k8spacket.capture.interfaces import InterfaceFilter, InterfaceWatcher, netlink_pod_routes
 from k8spacket.capture.local import LocalAddresses, netlink_bridge_pods
+from k8spacket.capture.privileges import capture_denied
 from k8spacket.capture.reader import CaptureReader, InterfaceStats
 from k8spacket.capture.ring import PacketRing
 from k8spacket.config import ConfigError, Settings
@@ -62,6 +67,7 @@ from k8spacket.metrics.traffic import TrafficMetrics
 from k8spacket.nodegraph.store import ConnectionStore
 from k8spacket.publish import Publisher, RecordSink
 from k8spacket.server import AgentHTTPServer
+from k8spacket.supervise import Supervised, Supervisor
 
 if TYPE_CHECKING:
     from k8spacket.enrich.k8s import K8sCache
@@ -71,6 +77,8 @@ log = logging.getLogger(__name__)
 
 #: seconds between two looks at the cache's pods (local addresses, deleted pods)
 POD_SYNC_PERIOD = 0.5
+#: the interpreter's thread switch interval while the agent runs (default 5 ms)
+SWITCH_INTERVAL = 0.001
 
 
 def host_pod_addresses() -> list[tuple[str, int]]:
@@ -111,9 +119,14 @@ class Agent:
         namers: list[Namer] | None = None,
         clock: Callable[[], float] = time.time,
         k8s: K8sCache | str | None = "auto",
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.settings = settings
-        self.ready_checks: list[Callable[[], bool]] = []
+        self.supervisor = supervisor or Supervisor()
+        #: what /readyz says when a check fails → the check (hook for other parts)
+        self.ready_checks: dict[str, Callable[[], bool]] = {}
+        #: why packets cannot be captured (no CAP_NET_RAW), found at start()
+        self.capture_problem: str | None = None
         s = settings
         try:
             policy = LabelPolicy(
@@ -131,7 +144,7 @@ class Agent:
         self.naming = Naming.from_settings(s, k8s)
         self.namers = self.naming.namers() + list(namers or [])
         if self.naming.k8s is not None:
-            self.ready_checks.append(self.naming.k8s.ready)
+            self.ready_checks["Kubernetes cache not synced yet"] = self.naming.k8s.ready
         self.node_name = s.kubernetes.node_name
         self._pods: dict[Key, PodInfo] = {}  # the cache's pods at the last look
         self._pods_mark: tuple[int, ...] = ()
@@ -180,6 +193,7 @@ class Agent:
                 self.naming.external.counts.snapshot if self.naming.external else None
             ),
             k8s_watch_events=self.naming.k8s.watch_events_total if self.naming.k8s else None,
+            thread_restarts=self.supervisor.restarts,
         ).with_tracker(self.tracker)
         self.registry = build_registry(self.traffic, sources)
         self.registry.register(
@@ -192,10 +206,15 @@ class Agent:
             PublishCollector(lambda: self.publisher.dropped, self.publisher.counters)
         )
         self.server = AgentHTTPServer(
-            s.http.host, s.http.port, self.registry, self.store, self.ready
+            s.http.host,
+            s.http.port,
+            self.registry.scrape_chunks,
+            self.store,
+            self.readiness,
+            liveness=self.supervisor.health,
         )
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads: list[Supervised] = []
 
     # ------------------------------------------------------------- plumbing
     def _istats(self) -> dict[str, InterfaceStats]:
@@ -245,23 +264,41 @@ class Agent:
             block_timeout_ms=max(1, round(c.block_timeout * 1000)),
         )
 
+    def readiness(self) -> list[str]:
+        """The readiness conditions that fail now (empty: ready); what /readyz says."""
+        failed: list[str] = []
+        if self.capture_problem is not None:
+            failed.append(self.capture_problem)
+        if not self.reader.running.is_set():
+            failed.append("capture thread not running")
+        if self.watcher.syncs == 0:
+            failed.append("interfaces not listed yet")
+        failed += [what for what, check in self.ready_checks.items() if not check()]
+        return failed
+
     def ready(self) -> bool:
-        """Capture running, interfaces listed once, every extra check true."""
-        return (
-            self.reader.running.is_set()
-            and self.watcher.syncs > 0
-            and all(check() for check in self.ready_checks)
-        )
+        """Capture permitted and running, interfaces listed once, every extra check true."""
+        return not self.readiness()
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        # The capture thread must get the interpreter lock back within a few
+        # milliseconds while a scrape or the publisher computes (the default 5 ms
+        # switch interval, several times over, is longer than a block timeout).
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        self.capture_problem = capture_denied()
+        if self.capture_problem is not None:
+            log.error(
+                "%s: nothing will be captured; /readyz fails until it is", self.capture_problem
+            )
         self.server.start()
         log.info("listening on http://%s:%d", self.settings.http.host, self.server.port)
-        self.naming.start()
-        threads: list[tuple[str, Callable[[], None]]] = [
-            ("capture", self.reader.run),
-            ("publisher", self.publisher.run),
-            ("interfaces", self.watcher.run),
+        self.naming.start(self.supervisor)
+        sup = self.supervisor
+        self._threads = [
+            sup.spawn("capture", self.reader.run, backoff_initial=0.1),
+            sup.spawn("publisher", self.publisher.run),
+            sup.spawn("interfaces", self.watcher.run),
         ]
         if self.naming.k8s is not None:
             if not self.node_name:
@@ -269,11 +306,7 @@ class Agent:
                     "kubernetes.nodeName (NODE_NAME) is not set: this node's pods are "
                     "known from their traffic only"
                 )
-            threads.append(("k8s-pods", self._pod_loop))
-        for name, target in threads:
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+            self._threads.append(sup.spawn("k8s-pods", self._pod_loop))
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (safe from a signal handler)."""
@@ -283,14 +316,14 @@ class Agent:
         """Start, block until :meth:`stop`, then shut down cleanly."""
         self.start()
         try:
-            while not self._stop.wait(0.5):
-                if not all(t.is_alive() for t in self._threads):
-                    raise RuntimeError("a capture thread died; see the log above")
+            while not self._stop.wait(1.0):
+                pass
         finally:
             self.shutdown()
 
     def shutdown(self) -> None:
         self._stop.set()
+        self.supervisor.stop()
         self.watcher.stop()
         self.publisher.block()  # the final flush waits for room: no record lost
         self.reader.stop()
@@ -300,10 +333,12 @@ class Agent:
                 publisher = t
                 continue
             t.join(timeout=10)
+        if not any(t.name == "capture" and t.is_alive() for t in self._threads):
+            self.reader.close()  # the capture loop does this itself unless it was given up on
         self.publisher.close()
         if publisher is not None:
             publisher.join(timeout=30)
-        self.publisher.drain()  # what is left when no publisher thread ran
+        self.publisher.drain()  # what is left when no publisher thread ran (or it gave up)
         self.server.stop()
         self.naming.stop()
         if self.conntrack is not None:

@@ -4,9 +4,14 @@ One port (docs/design.md, "HTTP"), served by the standard library's threading
 server so a slow scrape never blocks capture (the capture runs on its own
 thread and never touches this module). Paths:
 
-* ``/metrics``: Prometheus exposition of the registry handed in;
-* ``/healthz``: 200 while the process serves; ``/readyz``: 200 when
-  ``ready()`` says so (capture running, caches synced), else 503;
+* ``/metrics``: what ``metrics(accept, accept_encoding)`` answers (the
+  metrics layer negotiates the format: text 0.0.4 or OpenMetrics, gzip);
+  this module does not import prometheus_client;
+* ``/healthz``: 200 ``ok`` while ``liveness()`` returns ``None``, else 503 with
+  its reason (a supervised thread the supervisor gave up on);
+* ``/readyz``: 200 ``ready`` when ``ready()`` returns no failed condition,
+  else 503 ``not ready: <condition>; <condition>…`` (capture running, no
+  missing ``CAP_NET_RAW``, interfaces listed, caches synced);
 * ``/api/health``, ``/nodegraph/api/health``: 200 (the Node Graph datasource's check);
 * ``/nodegraph/connections``: JSON array of recent records from the
   :class:`~k8spacket.nodegraph.store.ConnectionStore`. Optional query:
@@ -29,7 +34,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from k8spacket.metrics.http import CollectorRegistry, metrics_response
 from k8spacket.nodegraph.store import ConnectionStore, Record
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,9 @@ log = logging.getLogger(__name__)
 #: path → handler(query) → (status, content type, body)
 Route = Callable[[Mapping[str, list[str]]], tuple[int, str, bytes]]
 JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
+#: (Accept, Accept-Encoding) → (body chunks, headers)
+Scrape = Callable[[str, str], tuple[list[bytes], list[tuple[str, str]]]]
 
 
 class ListenError(OSError):
@@ -104,13 +111,15 @@ class AgentHTTPServer:
         self,
         host: str,
         port: int,
-        registry: CollectorRegistry,
+        metrics: Scrape,
         store: ConnectionStore,
-        ready: Callable[[], bool],
+        ready: Callable[[], list[str]],
         routes: Mapping[str, Route] | None = None,
+        liveness: Callable[[], str | None] = lambda: None,
     ) -> None:
-        self.registry = registry
+        self.metrics = metrics
         self.ready = ready
+        self.liveness = liveness
         health: Route = lambda q: _json(200, {"status": "ok"})  # noqa: E731
         self.routes: dict[str, Route] = {
             "/nodegraph/connections": connections_route(store),
@@ -157,30 +166,45 @@ class AgentHTTPServer:
                 url = urlsplit(self.path)
                 path = url.path.rstrip("/") or "/"
                 if path == "/metrics":
-                    self._send(200, *metrics_response(server.registry, self.headers.get("Accept")))
-                elif path == "/healthz":
-                    self._send(200, "text/plain; charset=utf-8", b"ok\n")
-                elif path == "/readyz":
-                    ok = server.ready()
-                    self._send(
-                        200 if ok else 503,
-                        "text/plain; charset=utf-8",
-                        b"ready\n" if ok else b"not ready\n",
+                    chunks, headers = server.metrics(
+                        self.headers.get("Accept", ""), self.headers.get("Accept-Encoding", "")
                     )
+                    self._send(200, "", chunks, headers)
+                elif path == "/healthz":
+                    problem = server.liveness()
+                    if problem is None:
+                        self._send(200, TEXT, b"ok\n")
+                    else:
+                        self._send(503, TEXT, f"unhealthy: {problem}\n".encode())
+                elif path == "/readyz":
+                    failed = server.ready()
+                    if not failed:
+                        self._send(200, TEXT, b"ready\n")
+                    else:
+                        self._send(503, TEXT, f"not ready: {'; '.join(failed)}\n".encode())
                 elif path in server.routes:
                     status, ctype, body = server.routes[path](parse_qs(url.query))
                     self._send(status, ctype, body)
                 else:
                     self._send(404, JSON, b'{"error":"not found"}')
 
-            def _send(self, status: int, ctype: str, body: bytes) -> None:
+            def _send(
+                self,
+                status: int,
+                ctype: str,
+                body: bytes | list[bytes],
+                headers: list[tuple[str, str]] | None = None,
+            ) -> None:
+                chunks = [body] if isinstance(body, bytes) else body
                 self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
+                for name, value in headers or [("Content-Type", ctype)]:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(sum(len(c) for c in chunks)))
                 if ctype == JSON:
                     self.send_header("Access-Control-Allow-Origin", "*")
                 self.end_headers()
-                self.wfile.write(body)
+                for chunk in chunks:
+                    self.wfile.write(chunk)
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("http: " + format, *args)

@@ -166,6 +166,16 @@ class NetLab:
         self.ip("link", "set", "lo", "up", netns=ns)
         return ns
 
+    def add_netns(self, name: str) -> str:
+        """A bare namespace ``<prefix>-<name>`` (only ``lo``), deleted with the lab."""
+        return self._netns(name)
+
+    def remove_netns(self, netns: str) -> None:
+        """Delete a namespace made by :meth:`add_netns` (and every link end inside it)."""
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+        with contextlib.suppress(ValueError):
+            self._namespaces.remove(netns)
+
     def add_node(self, name: str) -> Node:
         """A node namespace with a bridge; the second and later nodes get a routed uplink."""
         if name in self.nodes:

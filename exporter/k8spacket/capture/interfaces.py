@@ -23,12 +23,19 @@ The watcher listens to RTNL link events and re-lists on each burst of them
 Calico and Cilium route each pod that way), so those pods are known as local
 before they send anything.
 
+Netlink trouble is never fatal either: ``OSError``, pyroute2's ``NetlinkError``
+and ``NetlinkDumpInterrupted`` (links changed during a dump) make the watcher
+retry the sync after ``retry_delay``, and an event socket that fails (it
+overflows during heavy link churn) is reopened; anything else is a bug and
+goes to the supervisor (:mod:`k8spacket.supervise`), which restarts the loop.
+
 Netlink and the command are injected (``list_links``, ``list_pod_routes``,
 ``run_command``) so tests can drive the logic with plain data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -172,6 +179,7 @@ class InterfaceWatcher:
         list_pod_routes: Callable[[], list[tuple[str, int]]] | None = netlink_pod_routes,
         run_command: Callable[[str], str] = shell_command,
         clock: Callable[[], float] = time.monotonic,
+        retry_delay: float = 0.5,
     ) -> None:
         self.reader = reader
         self.open_ring = open_ring
@@ -183,12 +191,17 @@ class InterfaceWatcher:
         self.list_pod_routes = list_pod_routes
         self.run_command = run_command
         self.clock = clock
+        self.retry_delay = retry_delay
         #: name → ifindex of interfaces with an open ring
         self.open: dict[str, int] = {}
         #: name → skip reason of candidates not captured
         self.skipped: dict[str, str] = {}
         self.syncs = 0
         self.command_errors = 0
+        #: syncs that failed with a netlink error (retried after ``retry_delay``)
+        self.sync_errors = 0
+        #: times the RTNL event socket failed and was reopened
+        self.event_errors = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -263,7 +276,7 @@ class InterfaceWatcher:
         watched = set(self.open.values())
         try:
             routes = self.list_pod_routes()
-        except OSError as e:
+        except netlink_errors() as e:
             log.debug("listing routes: %s", e)
             return
         pairs = [(address_int(ip), oif) for ip, oif in routes if oif in watched]
@@ -276,18 +289,32 @@ class InterfaceWatcher:
         self._wake.set()
 
     def run(self) -> None:
-        """Sync now, then on RTNL link events and every ``refresh_period`` until stopped."""
+        """Sync now, then on RTNL link events and every ``refresh_period`` until stopped.
+
+        Netlink errors (``OSError``, pyroute2's ``NetlinkError`` and
+        ``NetlinkDumpInterrupted``, raised when links change during a dump, and
+        an event socket that overflowed during link churn) are handled here: the
+        event socket is reopened and a full resync is tried again after
+        ``retry_delay``. Anything else is a bug and reaches the supervisor.
+        Restartable: the open rings stay in :attr:`open` across calls.
+        """
+        errors = netlink_errors()
         events = _open_link_events()
+        next_sync = self.clock()
         try:
-            self.sync()
-            next_sync = self.clock() + self.refresh_period
             while not self._stop.is_set():
+                if self.clock() >= next_sync:
+                    next_sync = self.clock() + self._try_sync(errors)
                 timeout = max(0.0, min(next_sync - self.clock(), 0.2))
                 changed = False
                 if events is not None:
-                    ready, _, _ = select.select([events], [], [], timeout)
-                    if ready:
-                        _drain_events(events)
+                    try:
+                        ready, _, _ = select.select([events], [], [], timeout)
+                        if ready:
+                            _drain_events(events)
+                            changed = True
+                    except errors as e:
+                        events = self._reopen_events(events, e)
                         changed = True
                 else:
                     self._wake.wait(timeout)
@@ -298,18 +325,49 @@ class InterfaceWatcher:
                     break
                 if changed:
                     # a burst of events (a pod starting makes several): wait, then list once
-                    time.sleep(self.event_delay)
+                    self._stop.wait(self.event_delay)
                     if events is not None:
-                        _drain_events(events)
-                if changed or self.clock() >= next_sync:
-                    try:
-                        self.sync()
-                    except OSError as e:
-                        log.warning("interface sync failed: %s", e)
-                    next_sync = self.clock() + self.refresh_period
+                        try:
+                            _drain_events(events)
+                        except errors as e:
+                            events = self._reopen_events(events, e)
+                    next_sync = self.clock()
         finally:
             if events is not None:
                 events.close()
+
+    def _try_sync(self, errors: tuple[type[Exception], ...]) -> float:
+        """One sync; seconds until the next (``retry_delay`` after a netlink error)."""
+        try:
+            self.sync()
+        except errors as e:
+            self.sync_errors += 1
+            log.warning(
+                "interface sync failed (%s: %s); retrying in %gs",
+                type(e).__name__,
+                e,
+                self.retry_delay,
+            )
+            return self.retry_delay
+        return self.refresh_period
+
+    def _reopen_events(self, events: Any, e: Exception) -> Any:
+        self.event_errors += 1
+        log.warning(
+            "RTNL event socket failed (%s: %s): reopening it, resyncing", type(e).__name__, e
+        )
+        with contextlib.suppress(*netlink_errors()):
+            events.close()
+        return _open_link_events()
+
+
+def netlink_errors() -> tuple[type[Exception], ...]:
+    """The exceptions a netlink call raises for reasons outside the program (not bugs)."""
+    try:
+        from pyroute2.netlink.exceptions import NetlinkError
+    except ImportError:
+        return (OSError,)
+    return (OSError, NetlinkError)
 
 
 def _open_link_events() -> Any:
@@ -321,7 +379,7 @@ def _open_link_events() -> Any:
         ipr = IPRoute()
         ipr.bind(groups=RTMGRP_LINK)
         return ipr
-    except OSError as e:
+    except netlink_errors() as e:
         log.warning("no RTNL events (periodic resync only): %s", e)
         return None
 

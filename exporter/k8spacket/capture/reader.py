@@ -136,10 +136,19 @@ class CaptureReader:
 
     # --------------------------------------------------------------- loop
     def run(self) -> None:
-        """The capture loop; returns after :meth:`stop` (final records flushed)."""
+        """The capture loop; returns after :meth:`stop` (final records flushed).
+
+        Restartable: when the loop raises, only its epoll is closed; the rings
+        and the tracker (with the connections' owners) stay as they are, so the supervisor
+        (:mod:`k8spacket.supervise`) can call :meth:`run` again and reading
+        continues at the block that was being read. Every finished block is
+        released (and ``ring.cur`` moved past it) before the next one is read.
+        """
         ep = select.epoll()
         ep.register(self._wake, select.EPOLLIN)
         rings = self._rings
+        for fd in rings:
+            ep.register(fd, _EVENTS)
         next_stats = self.clock() + self.stats_interval
         self.running.set()
         try:
@@ -166,8 +175,22 @@ class CaptureReader:
                 if self.on_tick is not None:
                     self.on_tick(now)
             self._apply_commands(ep)
-        finally:
+        except BaseException:
             self.running.clear()
+            ep.close()
+            raise
+        self.running.clear()
+        self._teardown(ep)
+
+    def close(self) -> None:
+        """Drain and close every ring and flush the tracker, from a thread that is not
+        running :meth:`run` (the agent's shutdown after the supervisor gave up on it)."""
+        if not self.finished.is_set():
+            self._teardown(select.epoll())
+
+    def _teardown(self, ep: select.epoll) -> None:
+        rings = self._rings
+        try:
             if rings:
                 # the kernel hands over a block that is not full only after its
                 # timeout: wait for it, so the last packets are not left behind
@@ -178,6 +201,7 @@ class CaptureReader:
             ep.close()
             os.close(self._wake)
             self.tracker.flush_all(self.clock())
+        finally:
             self.finished.set()
 
     def _apply_commands(self, ep: select.epoll) -> None:
@@ -243,7 +267,6 @@ class CaptureReader:
         learned = self.local.learned
         ifindex = ring.ifindex
         skips = self.skips
-        packets = 0
         not_owner = 0
         while True:
             base = i * bs
@@ -264,9 +287,8 @@ class CaptureReader:
                 else:
                     skips[r] += 1  # type: ignore[index]
                 off += nxt
-            packets += num
             _release(mv, base + 8, 0)
             i = i + 1 if i + 1 < nb else 0
-        ring.cur = i
-        ring.packets += packets
+            ring.cur = i
+            ring.packets += num
         ring.not_owner += not_owner

@@ -50,6 +50,7 @@ from k8spacket.enrich.external_registry import Registry, RegistryWorkers, revers
 from k8spacket.enrich.geoip import GeoIPDatabase
 from k8spacket.enrich.identity import Identity
 from k8spacket.flows.record import ConnectionRecord
+from k8spacket.supervise import Supervised, Supervisor
 
 __all__ = [
     "PENDING",
@@ -168,7 +169,7 @@ class ExternalResolver:
             work_clock=work_clock,
             stopped=self._stopped,
         )
-        self._threads: list[threading.Thread] = []
+        self._threads: list[Supervised] = []
         if start:
             self.start()
 
@@ -281,23 +282,17 @@ class ExternalResolver:
         return self.answers.miss(ip)
 
     # -------------------------------------------------------------- workers
-    def start(self) -> None:
-        """Start the GeoIP thread and the registry workers (idempotent)."""
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the GeoIP thread and the registry workers (idempotent), supervised by
+        ``supervisor`` (the agent's; a private one when not given)."""
         if self._threads:
             return
         self._stopped.clear()
-        self._threads.append(
-            threading.Thread(target=self.geoip_stage.run, name="k8spacket-geoip", daemon=True)
-        )
+        sup = supervisor if supervisor is not None else Supervisor()
+        self._threads.append(sup.spawn("k8spacket-geoip", self.geoip_stage.run))
         if self.registry_stage is not None:
             for i in range(self.workers):
-                self._threads.append(
-                    threading.Thread(
-                        target=self.registry_stage.run, name=f"k8spacket-whois-{i}", daemon=True
-                    )
-                )
-        for t in self._threads:
-            t.start()
+                self._threads.append(sup.spawn(f"k8spacket-whois-{i}", self.registry_stage.run))
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop the workers; threads stuck in a hung registry are left to die with the

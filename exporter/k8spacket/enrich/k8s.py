@@ -13,7 +13,14 @@ runs the usual reflector loop with the official ``kubernetes`` client:
    any transport error (connection refused or dropped mid-stream, bad JSON), go
    back to 1 after an exponential backoff with jitter. Relisting after an error
    is deliberate: it is the only way to learn about deletions missed while
-   disconnected when the server cannot replay from a version.
+   disconnected when the server cannot replay from a version;
+4. a watch that ends within ``short_watch`` seconds without a single event is
+   treated as a failure too (client-go does the same): the next watch waits the
+   backoff, so a server that closes every watch at once is not hammered.
+
+The threads are started through a :class:`~k8spacket.supervise.Supervisor` (the
+agent's, or a private one): anything else a loop raises (a bug) is logged,
+counted and the loop restarted from a fresh list. Timers are monotonic.
 
 Objects are reduced to a few fields as they arrive (``k8s_index``); responses are
 read with ``_preload_content=False`` and parsed with :mod:`json`, so no client
@@ -38,11 +45,13 @@ servers (and emulators) that ignore it. RBAC needed: see ``docs/kubernetes.md``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -56,6 +65,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from k8spacket.enrich.identity import Identity, name_record
 from k8spacket.enrich.k8s_index import RESOURCES, ClusterIndex
 from k8spacket.flows.record import ConnectionRecord
+from k8spacket.supervise import Supervised, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +177,8 @@ class K8sCache:
         connect_timeout: float = 5.0,
         backoff: Callable[[], Backoff] = Backoff,
         owns_client: bool = False,
+        short_watch: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         unknown = [r for r in resources if r not in RESOURCES]
         if unknown:
@@ -177,17 +189,20 @@ class K8sCache:
         self.connect_timeout = connect_timeout
         self._backoff = backoff
         self._owns_client = owns_client
+        self.short_watch = short_watch
+        self._clock = clock
         self.index = ClusterIndex()
         #: set once every resource has been listed (readiness: "cache synced")
         self.synced = threading.Event()
         self._listed: set[str] = set()
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads: list[Supervised] = []
         self._active: dict[str, urllib3.BaseHTTPResponse] = {}
         self._active_lock = threading.Lock()
         self._events = dict.fromkeys(resources, 0)
         self._stats: dict[str, dict[str, int]] = {
-            r: {"lists": 0, "relists": 0, "watches": 0, "errors": 0, "gone": 0} for r in resources
+            r: {"lists": 0, "relists": 0, "watches": 0, "errors": 0, "gone": 0, "short": 0}
+            for r in resources
         }
         self._funcs = list_functions(api_client)
 
@@ -213,23 +228,22 @@ class K8sCache:
         return dict(self._events)
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per resource: lists, relists, watches started, errors, 410s (a snapshot)."""
+        """Per resource: lists, relists, watches started, errors, 410s, short watches."""
         return {r: dict(s) for r, s in self._stats.items()}
 
     def ready(self) -> bool:
         """True once every resource has been listed."""
         return self.synced.is_set()
 
-    def start(self) -> None:
-        """Start one watch thread per resource (returns at once; see :attr:`synced`)."""
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start one supervised watch thread per resource (returns at once; see :attr:`synced`)."""
         if self._threads:
             raise RuntimeError("K8sCache already started")
+        sup = supervisor if supervisor is not None else Supervisor()
         for resource in self.resources:
-            t = threading.Thread(
-                target=self._run, args=(resource,), name=f"k8s-watch-{resource}", daemon=True
+            self._threads.append(
+                sup.spawn(f"k8s-watch-{resource}", functools.partial(self._run, resource))
             )
-            self._threads.append(t)
-            t.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the watch threads (breaking open streams) and wait for them."""
@@ -259,9 +273,14 @@ class K8sCache:
             try:
                 if version is None:
                     version = self._list(resource)
+                opened = self._clock()
                 version, delivered = self._watch(resource, version)
                 if delivered:
                     backoff.reset()
+                elif self._clock() - opened < self.short_watch and not self._stop.is_set():
+                    # ended at once without an event: back off, then watch again (no relist)
+                    stats["short"] += 1
+                    self._stop.wait(backoff.next())
                 continue
             except ResourceExpired:
                 stats["gone"] += 1

@@ -29,6 +29,7 @@ from k8spacket.config import SEED_GEOIP_DB_PATH, ConfigError, Settings
 from k8spacket.enrich.classify import is_private
 from k8spacket.enrich.identity import Resolver, ResolverChain
 from k8spacket.flows.record import ConnectionRecord
+from k8spacket.supervise import Supervisor
 
 if TYPE_CHECKING:
     from k8spacket.enrich.external import ExternalResolver
@@ -186,12 +187,13 @@ class Naming:
         if external.drain_now():
             external.name_record(rec)
 
-    def start(self) -> None:
-        """Start the watch cache and the resolver's background stages (not offline)."""
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the watch cache and the resolver's background stages (not offline),
+        their threads supervised by ``supervisor`` (the agent's)."""
         if self.k8s is not None:
-            self.k8s.start()
+            self.k8s.start(supervisor)
         if self.external is not None and not self.offline:
-            self.external.start()
+            self.external.start(supervisor)
 
     def stop(self) -> None:
         if self.k8s is not None:

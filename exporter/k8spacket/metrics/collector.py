@@ -21,7 +21,7 @@ import platform
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
@@ -29,7 +29,7 @@ from prometheus_client.utils import floatToGoString
 
 from k8spacket import __version__
 from k8spacket.decode import SKIP_REASONS
-from k8spacket.metrics.exposition import TrafficTextWriter
+from k8spacket.metrics.exposition import Encoder, TrafficWriter, negotiate
 from k8spacket.metrics.sources import SelfMetricSources
 from k8spacket.metrics.traffic import (
     CLOSED,
@@ -57,6 +57,7 @@ TRACKER_IGNORED = "k8spacket_tracker_ignored_packets_total"
 SERIES_OVERFLOW = "k8spacket_series_overflow_total"
 ENRICHMENT_LOOKUPS = "k8spacket_enrichment_lookups_total"
 K8S_WATCH_EVENTS = "k8spacket_k8s_watch_events_total"
+THREAD_RESTARTS = "k8spacket_thread_restarts_total"
 
 #: family → (type, help). The help text is what ``# HELP`` says.
 CATALOGUE: dict[str, tuple[str, str]] = {
@@ -87,6 +88,10 @@ CATALOGUE: dict[str, tuple[str, str]] = {
     ),
     ENRICHMENT_LOOKUPS: ("counter", "Identity lookups, by source and result."),
     K8S_WATCH_EVENTS: ("counter", "Kubernetes watch events received, by resource."),
+    THREAD_RESTARTS: (
+        "counter",
+        "Background threads restarted after an unexpected exception, by thread.",
+    ),
 }
 
 T = TypeVar("T")
@@ -113,7 +118,7 @@ class K8spacketCollector(Collector):
     ) -> None:
         self.traffic = traffic
         self.sources = sources if sources is not None else SelfMetricSources()
-        self._writer = TrafficTextWriter()
+        self._writer = TrafficWriter()
         self.build_labels = {
             "version": version,
             "python_version": python_version or platform.python_version(),
@@ -138,6 +143,7 @@ class K8spacketCollector(Collector):
             (SERIES_OVERFLOW, self.traffic),
             (ENRICHMENT_LOOKUPS, s.enrichment_lookups),
             (K8S_WATCH_EVENTS, s.k8s_watch_events),
+            (THREAD_RESTARTS, s.thread_restarts),
         ):
             if source is not None:
                 names.append(name)
@@ -154,17 +160,30 @@ class K8spacketCollector(Collector):
             yield from traffic_families(snap)
         yield from self._self_families(snap)
 
-    def exposition(self, *others: Collector) -> bytes:
-        """The text exposition of one scrape (what /metrics answers), fast.
+    def exposition(
+        self, *others: Collector, encoder: Encoder = generate_latest, openmetrics: bool = False
+    ) -> bytes:
+        """One scrape's body (what /metrics answers), fast.
 
-        Byte-identical to ``generate_latest`` over a registry holding this
-        collector (then ``others``), but the traffic families are written by
-        :class:`TrafficTextWriter`, which keeps each label set's text.
+        Byte-identical to ``encoder`` (prometheus_client's text or OpenMetrics
+        ``generate_latest``; ``openmetrics`` says which) over a registry holding
+        this collector, then ``others``; but the traffic families are written by
+        :class:`TrafficWriter`, which keeps each label set's text.
         """
+        return b"".join(self.exposition_chunks(*others, encoder=encoder, openmetrics=openmetrics))
+
+    def exposition_chunks(
+        self, *others: Collector, encoder: Encoder = generate_latest, openmetrics: bool = False
+    ) -> list[bytes]:
+        """:meth:`exposition` in chunks of a few hundred kilobytes (what the server writes)."""
         snap = self.traffic.snapshot() if self.traffic is not None else None
-        head = self._writer.render(snap, _header).encode() if snap is not None else b""
-        rest = generate_latest(_Families(list(self._self_families(snap))))
-        return b"".join([head, rest, *(generate_latest(o) for o in others)])
+        header = _om_header if openmetrics else _header
+        chunks = self._writer.render(snap, header) if snap is not None else []
+        families = list(self._self_families(snap))
+        for other in others:
+            families.extend(other.collect())
+        chunks.append(encoder(_Families(families)))
+        return chunks
 
     def _self_families(self, snap: TrafficSnapshot | None) -> Iterator[Metric]:
         yield _info(BUILD_INFO, self.build_labels)
@@ -191,6 +210,8 @@ class K8spacketCollector(Collector):
             yield _lookups(lookups)
         if (v := _read(s.k8s_watch_events)) is not None:
             yield _by_label(K8S_WATCH_EVENTS, "resource", v)
+        if (v := _read(s.thread_restarts)) is not None:
+            yield _by_label(THREAD_RESTARTS, "thread", v)
 
 
 class _Families(Collector):
@@ -209,16 +230,65 @@ def _header(name: str) -> str:
     return f"# HELP {name} {doc}\n# TYPE {name} {mtype}\n"
 
 
-def make_wsgi_app(collector: K8spacketCollector, *others: Collector) -> WSGIApp:
-    """A WSGI app answering every request with ``collector.exposition(*others)``."""
+def _om_header(name: str) -> str:
+    mtype, doc = CATALOGUE[name]
+    base = name[: -len("_total")] if mtype == "counter" else name
+    doc = doc.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return f"# HELP {base} {doc}\n# TYPE {base} {mtype}\n"
+
+
+class ScrapeRegistry(CollectorRegistry):
+    """A registry whose first collector is a :class:`K8spacketCollector`, served fast.
+
+    ``generate_latest(registry)`` and ``get_sample_value`` work as on any
+    registry; :meth:`scrape` answers ``/metrics``: the negotiated format, the
+    traffic families through the fast writer, every other registered collector
+    (in registration order) through prometheus_client's encoder.
+    """
+
+    def __init__(self, collector: K8spacketCollector) -> None:
+        super().__init__()
+        self.collector = collector
+        self._others: list[Collector] = []
+        super().register(collector)
+
+    def register(self, collector: Collector) -> None:
+        super().register(collector)
+        self._others.append(collector)
+
+    def unregister(self, collector: Collector) -> None:
+        super().unregister(collector)
+        self._others.remove(collector)
+
+    def render(self, encoder: Encoder, openmetrics: bool) -> list[bytes]:
+        return self.collector.exposition_chunks(
+            *self._others, encoder=encoder, openmetrics=openmetrics
+        )
+
+    def scrape_chunks(
+        self, accept: str = "", accept_encoding: str = ""
+    ) -> tuple[list[bytes], list[tuple[str, str]]]:
+        """(body chunks, headers) answering a request with these ``Accept*`` headers."""
+        return negotiate(accept, accept_encoding, self.render)
+
+    def scrape(
+        self, accept: str = "", accept_encoding: str = ""
+    ) -> tuple[bytes, list[tuple[str, str]]]:
+        """:meth:`scrape_chunks` with the body in one piece."""
+        chunks, headers = self.scrape_chunks(accept, accept_encoding)
+        return b"".join(chunks), headers
+
+
+def make_wsgi_app(registry: ScrapeRegistry) -> WSGIApp:
+    """A WSGI app answering every request with ``registry.scrape_chunks`` (negotiated)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        body = collector.exposition(*others)
-        start_response(
-            "200 OK",
-            [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4), ("Content-Length", str(len(body)))],
+        chunks, headers = registry.scrape_chunks(
+            environ.get("HTTP_ACCEPT", ""), environ.get("HTTP_ACCEPT_ENCODING", "")
         )
-        return [body]
+        length = sum(len(c) for c in chunks)
+        start_response("200 OK", [*headers, ("Content-Length", str(length))])
+        return chunks
 
     return app
 
@@ -318,8 +388,6 @@ def build_registry(
     traffic: TrafficMetrics | None,
     sources: SelfMetricSources | None = None,
     **kwargs: str,
-) -> CollectorRegistry:
+) -> ScrapeRegistry:
     """A fresh registry holding one :class:`K8spacketCollector` (what /metrics serves)."""
-    registry = CollectorRegistry()
-    registry.register(K8spacketCollector(traffic, sources, **kwargs))
-    return registry
+    return ScrapeRegistry(K8spacketCollector(traffic, sources, **kwargs))

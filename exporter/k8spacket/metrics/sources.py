@@ -61,6 +61,8 @@ class SelfMetricSources:
     enrichment_lookups: LookupCounts | None = None
     #: ``k8spacket_k8s_watch_events_total{resource}``
     k8s_watch_events: CountsBy | None = None
+    #: ``k8spacket_thread_restarts_total{thread}`` (the agent's :class:`Supervisor`)
+    thread_restarts: CountsBy | None = None
 
     def with_tracker(self, tracker: TrackerLike) -> SelfMetricSources:
         """A copy whose ``flows_tracked``/``flows_evicted`` read ``tracker``."""

@@ -1,0 +1,282 @@
+"""Capture-thread stall: the longest time between ring drains under load, before and after.
+
+The capture thread must drain the rings at least every block timeout (20 ms):
+a longer stall fills the ring and the kernel drops packets. This benchmark
+runs the real agent (in-process, in a lab node namespace, capturing the two
+pods' veths while one pod streams small TCP writes to the other, about 1,000
+segments a second, so a block is handed over at least every block timeout),
+with
+
+* 500,000 open connections in the tracker (synthetic handshakes fed to the
+  tracker before the run, and, where the reader still keeps one, an owner-table
+  entry each, as the capture would have made);
+* the traffic families filled to the full series budget (10,000 label sets in
+  each of the seven families);
+* a thread scraping ``/metrics`` back to back for the whole run;
+
+and records the time of every ring drain (a wrapper around the reader's
+``_drain``). Three runs, one after the other, in one process:
+
+* **idle**: the agent as built now with no connections and no scrape: the
+  floor this machine gives (other processes share its cores);
+
+* **before**: records are named, stored and counted on the capture thread
+  (the tracker's sink does it at once, as the agent did before the publisher
+  thread), and the scrape is ``generate_latest`` (text 0.0.4, no negotiation);
+* **after**: the agent as built now (its own record path), and the scrape is
+  what Prometheus 2.42 gets: :meth:`ScrapeRegistry.scrape` with its ``Accept``
+  header and gzip.
+
+Printed per design: drains, the longest gap between two drains, p99, gaps
+longer than 20 ms, the longest tracker sweep (it runs on the capture thread),
+scrapes done and kernel drops. Figures only; nothing is asserted.
+
+Run as root: ``python bench/capture_stall.py [--connections 500000] [--seconds 12]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+STREAM = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    s.sendall(b"x" * 200)
+    time.sleep(0.001)
+"""
+
+
+# ---------------------------------------------------------------- the child
+class TimedSweeps:
+    """The tracker as the reader sees it, with every ``sweep`` timed (it has __slots__)."""
+
+    def __init__(self, tracker: Any, times: list[float]) -> None:
+        self._tracker = tracker
+        self._times = times
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tracker, name)
+
+    def sweep(self, now: float) -> None:
+        s0 = time.perf_counter()
+        self._tracker.sweep(now)
+        self._times.append(time.perf_counter() - s0)
+
+
+def fill_tracker(agent: Any, n: int) -> None:
+    """``n`` established connections 10.100.x.y:port → 10.200.0.1:80 in the tracker."""
+    from k8spacket.flows.tracker import ACK, SYN
+
+    add = agent.tracker.add
+    owner = getattr(agent.reader, "owner", None)
+    server = (10 << 24 | 200 << 16 | 1) << 16 | 80
+    now = time.time()
+    for i in range(n):
+        client = (10 << 24 | 100 << 16 | (i >> 14)) << 16 | (32768 + (i & 0x3FFF))
+        key = client << 48 | server
+        rev = server << 48 | client
+        sport, dport = 32768 + (i & 0x3FFF), 80
+        add(now, (key, 48, sport, dport, 1000, 0, SYN, 0))
+        add(now, (rev, 48, dport, sport, 5000, 1001, SYN | ACK, 0))
+        add(now, (key, 48, sport, dport, 1001, 5001, ACK, 0))
+        if isinstance(owner, dict):
+            owner[min(key, rev)] = 1
+
+
+def fill_metrics(agent: Any, label_sets: int) -> None:
+    from metrics_bench import record
+
+    for i in range(label_sets):
+        agent.traffic.record(record(i))
+
+
+def run_design(design: str, connections: int, seconds: float, port: int) -> dict[str, Any]:
+    from prometheus_client import generate_latest
+
+    from k8spacket.agent import Agent
+    from k8spacket.config import load_settings
+    from k8spacket.metrics.exposition import PROMETHEUS_2_ACCEPT
+    from k8spacket.supervise import Supervisor
+
+    settings = load_settings(
+        sets=["kubernetes.enabled=false", "enrichment.geoip.enabled=false",
+              "tracker.flushPeriod=5s", "tracker.closeOlderThan=120s",
+              "tracker.maxConnections=1000000"],
+        listen=f"127.0.0.1:{port}",
+    )  # fmt: skip
+    agent = Agent(settings, supervisor=Supervisor())
+    idle = design == "idle"
+    if idle:
+        connections = 0
+    else:
+        fill_metrics(agent, settings.metrics.series_budget)
+    t0 = time.perf_counter()
+    fill_tracker(agent, connections)
+    fill_secs = time.perf_counter() - t0
+
+    if design == "before":
+        # the old record path: name, store and count on the capture thread, at once
+        is_local = agent.local.is_local
+
+        def publish_now(rec: Any) -> None:
+            rec.reporter = (
+                "client" if is_local(rec.src) else "server" if is_local(rec.dst) else None
+            )
+            for namer in agent.namers:
+                namer(rec)
+            agent.store.add(rec)
+            agent.traffic.record(rec)
+
+        agent.tracker.sink = publish_now
+        scrape: Callable[[], bytes] = lambda: generate_latest(agent.registry)  # noqa: E731
+    else:
+        scrape = lambda: agent.registry.scrape(PROMETHEUS_2_ACCEPT, "gzip")[0]  # noqa: E731
+
+    drains: list[float] = []
+    original_drain = agent.reader._drain
+
+    def timed_drain(ring: Any) -> None:
+        drains.append(time.perf_counter())
+        original_drain(ring)
+
+    agent.reader._drain = timed_drain
+    sweeps: list[float] = []
+    agent.reader.tracker = TimedSweeps(agent.tracker, sweeps)
+    agent.start()
+    if design == "before":
+        sys.setswitchinterval(0.005)  # the interpreter's default, as before the agent set it
+    deadline = time.monotonic() + 30
+    while (
+        agent.reader.interfaces != sorted(agent.reader.interfaces)
+        or len(agent.reader.interfaces) < 2
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"interfaces never opened: {agent.reader.interfaces}")
+        time.sleep(0.05)
+
+    scrapes: list[float] = []
+    stop = threading.Event()
+
+    def scraper() -> None:
+        while not stop.is_set():
+            s0 = time.perf_counter()
+            scrape()
+            scrapes.append(time.perf_counter() - s0)
+
+    scraping = threading.Thread(target=scraper, daemon=True)
+    start = time.perf_counter()
+    drains.clear()
+    sweeps.clear()
+    if not idle:
+        scraping.start()
+    time.sleep(seconds)
+    stop.set()
+    end = time.perf_counter()
+    window = [t for t in drains if start <= t <= end]
+    # a stall already going on at the start (or still at the end) counts too
+    gaps = [b - a for a, b in itertools.pairwise([start, *window, end])]
+    stats = agent.reader.interface_stats()
+    drops = sum(s.drops for s in stats.values())
+    agent.stop()
+    agent.shutdown()
+    if not idle:
+        scraping.join(60)
+    gaps.sort()
+    return {
+        "design": design,
+        "fill_seconds": fill_secs,
+        "tracked": connections,
+        "drains": len(window),
+        "max_gap_ms": 1000 * gaps[-1] if gaps else float("nan"),
+        "p99_gap_ms": 1000 * gaps[int(0.99 * (len(gaps) - 1))] if gaps else float("nan"),
+        "median_gap_ms": 1000 * statistics.median(gaps) if gaps else float("nan"),
+        "gaps_over_20ms": sum(1 for g in gaps if g > 0.020),
+        "sweeps": len(sweeps),
+        "max_sweep_ms": 1000 * max(sweeps, default=0.0),
+        "scrapes": len(scrapes),
+        "scrape_ms": 1000 * statistics.median(scrapes) if scrapes else float("nan"),
+        "kernel_drops": drops,
+    }
+
+
+def child(connections: int, seconds: float, port: int) -> None:
+    import gc
+
+    for design in ("idle", "before", "after"):
+        print(json.dumps(run_design(design, connections, seconds, port)), flush=True)
+        gc.collect()
+
+
+# --------------------------------------------------------------- the parent
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=500_000)
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=16676, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.connections, args.seconds, args.port)
+        return
+
+    from netlab import NetLab
+
+    with NetLab() as lab:
+        a = lab.add_pod("a", "10.213.1.2/24")
+        b = lab.add_pod("b", "10.213.1.3/24")
+        lab.popen_in(b, [sys.executable, str(HERE.parent / "tests" / "netlab" / "tcptool.py"),
+                         "serve", "--port", "8080"])  # fmt: skip
+        lab.wait_listening(b, 8080)
+        total = 2 * (args.seconds + 120)
+        lab.popen_in(a, [sys.executable, "-c", STREAM, "10.213.1.3", "8080", str(total)])
+        proc = lab.popen_in(
+            lab.nodes["n1"],
+            [sys.executable, __file__, "--child", "--connections", str(args.connections),
+             "--seconds", str(args.seconds)],
+            stdout=subprocess.PIPE,
+            stderr=None,  # the child's log and errors go to ours
+        )  # fmt: skip
+        out, _ = proc.communicate(timeout=1800)
+    rows = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    print(
+        f"capture-thread stall, {args.connections:,} open connections, full-budget scrape "
+        f"running, {args.seconds:g}s each"
+    )
+    cols = [
+        ("design", "design", "{}"),
+        ("drains", "drains", "{}"),
+        ("max gap ms", "max_gap_ms", "{:.1f}"),
+        ("p99 gap ms", "p99_gap_ms", "{:.1f}"),
+        ("median ms", "median_gap_ms", "{:.1f}"),
+        (">20ms", "gaps_over_20ms", "{}"),
+        ("sweeps", "sweeps", "{}"),
+        ("max sweep ms", "max_sweep_ms", "{:.1f}"),
+        ("scrapes", "scrapes", "{}"),
+        ("scrape ms", "scrape_ms", "{:.0f}"),
+        ("kernel drops", "kernel_drops", "{}"),
+    ]
+    print("  ".join(f"{title:>12}" for title, _, _ in cols))
+    for row in rows:
+        print("  ".join(f"{fmt.format(row[key]):>12}" for _, key, fmt in cols))
+    print("goal: no gap longer than the block timeout (20 ms)")
+
+
+if __name__ == "__main__":
+    main()
