@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from k8spacket.capture.bpf import compile_filter
+from k8spacket.capture.bpf import capture_programs
 from k8spacket.capture.conntrack import ConntrackClient
 from k8spacket.capture.interfaces import InterfaceFilter, InterfaceWatcher, netlink_pod_routes
 from k8spacket.capture.local import LocalAddresses, netlink_bridge_pods
@@ -64,6 +64,10 @@ from k8spacket.metrics.labels import LabelPolicy, LabelPolicyError
 from k8spacket.metrics.publish_collector import PublishCollector
 from k8spacket.metrics.sources import SelfMetricSources
 from k8spacket.metrics.traffic import TrafficMetrics
+from k8spacket.nodegraph.api import graph_api_from_settings
+from k8spacket.nodegraph.local import LocalGraphStore
+from k8spacket.nodegraph.render import graph_page_route
+from k8spacket.nodegraph.sources import SourceError
 from k8spacket.nodegraph.store import ConnectionStore
 from k8spacket.publish import Publisher, RecordSink
 from k8spacket.server import AgentHTTPServer
@@ -109,6 +113,26 @@ def build_conntrack(settings: Settings) -> ConntrackClient | None:
     return client
 
 
+def graph_peers(settings: Settings, cache: K8sCache | None) -> Callable[[], list[str]] | None:
+    """The agents the ``agents`` graph source asks: the DaemonSet's pods, listed per question.
+
+    ``None`` without a Kubernetes cache (a static ``graph.peers`` list is handled by
+    the graph API itself). Pods are hostNetwork, so a pod's address is its node's.
+    """
+    if cache is None:
+        return None
+    from k8spacket.enrich.k8s import list_agent_addresses
+
+    g = settings.graph
+    port = g.peer_port or settings.http.port
+
+    def peers() -> list[str]:
+        ips = list_agent_addresses(cache.api_client, g.peer_namespace, g.peer_selector)
+        return [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
+
+    return peers
+
+
 class Agent:
     """Wires capture, tracking, records and HTTP from one :class:`Settings`."""
 
@@ -138,7 +162,9 @@ class Agent:
         except (LabelPolicyError, ValueError) as e:
             raise ConfigError(f"metrics: {e}") from None
         try:
-            self.program = compile_filter(s.capture.filter, s.capture.snap_length)
+            self.program, lean_program = capture_programs(
+                s.capture.mode, s.capture.filter, s.capture.snap_length, s.capture.lean_boundary
+            )
         except ValueError as e:
             raise ConfigError(f"capture.filter: {e}") from None
         self.naming = Naming.from_settings(s, k8s)
@@ -167,11 +193,18 @@ class Agent:
             self.publisher.offer,
             close_older_than=s.tracker.close_older_than,
             flush_period=s.tracker.flush_period,
-            forget_after=s.tracker.forget_after,
+            forget_after=s.tracker.forget_after or None,
             max_connections=s.tracker.max_connections,
             is_local=self.local.is_local,
+            lean=s.capture.mode == "lean",
         )
-        self.reader = CaptureReader(self.tracker, self.local, clock=clock)
+        self.reader = CaptureReader(
+            self.tracker,
+            self.local,
+            clock=clock,
+            lean_program=lean_program,
+            lean_warmup=s.capture.lean_warmup,
+        )
         self.watcher = InterfaceWatcher(
             self.reader,
             self._open_ring,
@@ -202,6 +235,16 @@ class Agent:
                 lambda: {n: st.not_owner for n, st in self._istats().items()},
             )
         )
+        self.graph_store = LocalGraphStore(s.graph.window, s.graph.bucket)
+        self.graph = graph_api_from_settings(
+            s,
+            self.graph_store,
+            peers=graph_peers(s, self.naming.k8s),
+            in_cluster=self.naming.k8s is not None,
+            node=self.node_name,
+            clock=clock,
+        )
+        self.record_sinks.append(self.graph_store.add)
         self.registry.register(
             PublishCollector(lambda: self.publisher.dropped, self.publisher.counters)
         )
@@ -212,6 +255,10 @@ class Agent:
             self.store,
             self.readiness,
             liveness=self.supervisor.health,
+            raw_routes={
+                **self.graph.routes(),
+                "/graph": graph_page_route(self.graph.graph, unavailable=(SourceError,)),
+            },
         )
         self._stop = threading.Event()
         self._threads: list[Supervised] = []

@@ -53,6 +53,9 @@ class CaptureSettings:
     block_timeout: float = 0.02
     snap_length: int = 96
     filter: str = "tcp"
+    mode: str = "lean"  # lean | full (docs/capture.md)
+    lean_boundary: int = 1 << 16  # bytes of sequence space; a power of two
+    lean_warmup: float = 30.0  # full capture after a ring opens, then lean
     #: conntrack lookups to pair Service (DNAT) tuples: auto (when permitted), true, false
     conntrack: str = "auto"
 
@@ -61,7 +64,7 @@ class CaptureSettings:
 class TrackerSettings:
     flush_period: float = 10.0
     close_older_than: float = 20.0
-    forget_after: float = 600.0
+    forget_after: float = 0.0  # 0: 10 minutes, or closeOlderThan when that is longer
     max_connections: int = 500_000
 
 
@@ -101,8 +104,20 @@ class HttpSettings:
     host: str = "0.0.0.0"
     port: int = 6676
     connection_store: int = 10_000  # records kept for /nodegraph/connections
-    graph_source: str = "local"  # local | prometheus
+    graph_source: str = "auto"  # auto | local | agents | prometheus (see resolve_graph_source)
     prometheus_url: str = ""
+
+
+@dataclass
+class GraphSettings:
+    window: float = 3600.0  # seconds the local graph store keeps
+    bucket: float = 60.0  # its time resolution
+    peers: list[str] = field(default_factory=list)  # static agent list (host[:port])
+    peer_selector: str = "app.kubernetes.io/name=k8spacket"  # the DaemonSet's pods
+    peer_namespace: str = ""  # their namespace (POD_NAMESPACE); empty: every namespace
+    peer_port: int = 0  # 0: http.port
+    peer_timeout: float = 2.0
+    prometheus_timeout: float = 5.0
 
 
 @dataclass
@@ -114,6 +129,7 @@ class Settings:
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     inventory: str = ""
     http: HttpSettings = field(default_factory=HttpSettings)
+    graph: GraphSettings = field(default_factory=GraphSettings)
     #: attribute path (``enrichment.geoip_db_path``) → the key the user set it with
     #: (``--set enrichment.geoip.dbPath``, ``FILE: k8sPacket.…``, a variable), so
     #: errors found later (a database that will not open) name what the user typed
@@ -157,6 +173,12 @@ def _duration(v: Any) -> float:
     if seconds <= 0:
         raise ValueError(f"must be positive, got {v!r}")
     return seconds
+
+
+def _duration_or_zero(v: Any) -> float:
+    if not isinstance(v, bool) and str(v).strip() in ("0", "0s", "0.0"):
+        return 0.0
+    return _duration(v)
 
 
 def _int_range(lo: int, hi: int) -> Parser:
@@ -271,6 +293,9 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("capture.block_timeout", "capture.blockTimeout", _duration),
     FieldSpec("capture.snap_length", "capture.snapLength", _int_range(64, 65535)),
     FieldSpec("capture.filter", "capture.filter", _text),
+    FieldSpec("capture.mode", "capture.mode", _choice("lean", "full")),
+    FieldSpec("capture.lean_boundary", "capture.leanBoundary", _size),
+    FieldSpec("capture.lean_warmup", "capture.leanWarmup", _duration_or_zero),
     FieldSpec("capture.conntrack", "capture.conntrack", _choice("auto", "true", "false")),
     FieldSpec(
         "tracker.flush_period",
@@ -286,7 +311,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "tcp.assembler.flushing.closeOlderThanDuration",
         ("K8S_PACKET_TCP_ASSEMBLER_FLUSHING_CLOSE_OLDER_THAN_DURATION",),
     ),
-    FieldSpec("tracker.forget_after", "tracker.forgetAfter", _duration),
+    FieldSpec("tracker.forget_after", "tracker.forgetAfter", _duration_or_zero),
     FieldSpec("tracker.max_connections", "tracker.maxConnections", _int_range(1, 100_000_000)),
     FieldSpec(
         "metrics.hide_source_port",
@@ -340,8 +365,28 @@ FIELDS: tuple[FieldSpec, ...] = (
         ("K8S_PACKET_TCP_LISTENER_PORT",),
     ),
     FieldSpec("http.connection_store", "http.connectionStore", _int_range(1, 10_000_000)),
-    FieldSpec("http.graph_source", "http.graphSource", _choice("local", "prometheus")),
-    FieldSpec("http.prometheus_url", "http.prometheusURL", _text),
+    FieldSpec(
+        "http.graph_source",
+        "http.graphSource",
+        _choice("auto", "local", "agents", "prometheus"),
+        env=("K8S_PACKET_GRAPH_SOURCE",),
+    ),
+    FieldSpec(
+        "http.prometheus_url", "http.prometheusURL", _text, env=("K8S_PACKET_PROMETHEUS_URL",)
+    ),
+    FieldSpec("graph.window", "graph.window", _duration),
+    FieldSpec("graph.bucket", "graph.bucket", _duration),
+    FieldSpec("graph.peers", "graph.peers", _strings),
+    FieldSpec("graph.peer_selector", "graph.peerSelector", _text),
+    FieldSpec(
+        "graph.peer_namespace",
+        "graph.peerNamespace",
+        _text,
+        env=("K8S_PACKET_POD_NAMESPACE", "POD_NAMESPACE"),
+    ),
+    FieldSpec("graph.peer_port", "graph.peerPort", _int_range(0, 65535)),
+    FieldSpec("graph.peer_timeout", "graph.peerTimeout", _duration),
+    FieldSpec("graph.prometheus_timeout", "graph.prometheusTimeout", _duration),
 )
 #: seed keys accepted without effect (gopacket's reassembly tuning)
 SEED_IGNORED = frozenset({"tcp.assembler.maxPagesPerConnection", "tcp.assembler.maxPagesTotal"})
@@ -468,8 +513,13 @@ def validate(settings: Settings) -> None:
         raise ConfigError("capture.blockSize: must be a multiple of 4KiB")
     if c.ring_size < 2 * c.block_size:
         raise ConfigError("capture.ringSize: must hold at least two blocks (2 x blockSize)")
+    b = c.lean_boundary
+    if b < 4096 or b & (b - 1) or b > 1 << 30:
+        raise ConfigError(
+            f"capture.leanBoundary: must be a power of two from 4KiB to 1GiB, got {b}"
+        )
     t = settings.tracker
-    if t.forget_after < t.close_older_than:
+    if t.forget_after and t.forget_after < t.close_older_than:
         raise ConfigError(
             "tracker.forgetAfter: must be at least tracker.closeOlderThan "
             f"({t.forget_after:g}s < {t.close_older_than:g}s)"
@@ -478,6 +528,32 @@ def validate(settings: Settings) -> None:
         raise ConfigError("metrics.labels: src_port needs metrics.hideSourcePort: false")
     if settings.http.graph_source == "prometheus" and not settings.http.prometheus_url:
         raise ConfigError("http.graphSource: prometheus needs http.prometheusURL")
+    url = settings.http.prometheus_url
+    if url and not re.match(r"^https?://[^/\s]+", url):
+        raise ConfigError(f"http.prometheusURL: expected http(s)://HOST[:PORT][/path], got {url!r}")
+    g = settings.graph
+    if g.bucket > g.window:
+        raise ConfigError("graph.bucket: must not be longer than graph.window")
+    if g.window / g.bucket > 10_000:
+        raise ConfigError(
+            "graph.bucket: graph.window holds more than 10000 buckets; make it longer"
+        )
+
+
+def resolve_graph_source(settings: Settings, in_cluster: bool) -> str:
+    """The graph source ``http.graphSource: auto`` means (DESIGN.md, "Graph sources").
+
+    ``prometheus`` when a Prometheus URL is given; ``agents`` in a cluster (or with a
+    static ``graph.peers`` list); ``local`` otherwise.
+    """
+    chosen = settings.http.graph_source
+    if chosen != "auto":
+        return chosen
+    if settings.http.prometheus_url:
+        return "prometheus"
+    if in_cluster or settings.graph.peers:
+        return "agents"
+    return "local"
 
 
 def load_settings(
