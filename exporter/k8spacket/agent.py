@@ -385,7 +385,7 @@ class Agent:
         self.publisher.close()
         if publisher is not None:
             publisher.join(timeout=30)
-        self.publisher.drain()  # what is left when no publisher thread ran
+        self.publisher.drain()  # what is left when no publisher thread ran (or it gave up)
         self.server.stop()
         self.naming.stop()
         if self.conntrack is not None:
