@@ -40,6 +40,7 @@ class AgentProc:
         extra_config: str = "",
         env: Mapping[str, str] | None = None,
         node: str = "n1",
+        listen: str = "127.0.0.1",
         command: list[str] | None = None,
         sets: Sequence[str] = (),
     ) -> None:
@@ -56,7 +57,7 @@ class AgentProc:
         self.log = workdir / "agent.log"
         self._log = self.log.open("wb")
         argv = [*(command or [sys.executable, "-m", "k8spacket.cli", "run"]),
-                "--config", str(config), "--listen", f"127.0.0.1:{AGENT_PORT}"]  # fmt: skip
+                "--config", str(config), "--listen", f"{listen}:{AGENT_PORT}"]  # fmt: skip
         for item in sets:
             argv += ["--set", item]
         full_env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "NODE_NAME")}

@@ -82,14 +82,17 @@ class NetnsCaller:
 
 
 class PrometheusServer:
-    """A Prometheus process on 127.0.0.1 scraping one target every second."""
+    """A Prometheus process on 127.0.0.1 scraping its target(s) every second."""
 
-    def __init__(self, binary: str, target: str, workdir: Path, netns: str | None = None) -> None:
+    def __init__(
+        self, binary: str, target: str | list[str], workdir: Path, netns: str | None = None
+    ) -> None:
         config = workdir / "prometheus.yml"
+        targets = ", ".join(f"'{t}'" for t in ([target] if isinstance(target, str) else target))
         config.write_text(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
             "scrape_configs:\n  - job_name: k8spacket\n"
-            f"    static_configs:\n      - targets: ['{target}']\n"
+            f"    static_configs:\n      - targets: [{targets}]\n"
         )
         # a fresh lab namespace has every port free
         self.url = f"http://127.0.0.1:{9090 if netns else free_port()}"

@@ -38,8 +38,13 @@ def lab() -> Iterator[NetLab]:
                 _agents.pop().close()
 
 
-def start_agent(lab: NetLab, tmp_path: Path, extra: str = "") -> AgentProc:
-    agent = AgentProc(lab, tmp_path, extra)
+def start_agent(lab: NetLab, tmp_path: Path, extra: str = "", mode: str = "") -> AgentProc:
+    """The agent in node n1; ``mode`` sets ``capture.mode`` (lean: no warm-up)."""
+    command = None
+    if mode:
+        command = [sys.executable, "-m", "k8spacket.cli", "run", "--set", f"capture.mode={mode}",
+                   "--set", "capture.leanWarmup=0"]  # fmt: skip
+    agent = AgentProc(lab, tmp_path, extra, command=command)
     _agents.append(agent)
     agent.wait("readiness", lambda: agent.get("/readyz")[0] == 200)
     return agent
@@ -52,7 +57,8 @@ def by_connection(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], list[d
     return out
 
 
-def test_agent_reports_exactly_what_pods_did(lab: NetLab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["full", "lean"])
+def test_agent_reports_exactly_what_pods_did(lab: NetLab, tmp_path: Path, mode: str) -> None:
     a = lab.add_pod("a", "10.213.1.2/24")
     b = lab.add_pod("b", "10.213.1.3/24")
     c = lab.add_pod("c", "10.213.2.2/24", node="n2")
@@ -62,7 +68,7 @@ def test_agent_reports_exactly_what_pods_did(lab: NetLab, tmp_path: Path) -> Non
     lab.popen_in(c, tcptool_argv("serve", "--port", "9090", "--reply", "7"))
     for pod, port in ((b, 8080), (b, 8081), (c, 9090)):
         lab.wait_listening(pod, port)
-    agent = start_agent(lab, tmp_path)
+    agent = start_agent(lab, tmp_path, mode=mode)
     agent.wait("two pod interfaces", lambda: agent.metric_sum("k8spacket_capture_interfaces") == 2)
 
     # (src ip, result, expected outcome, expected close, expected reporter)

@@ -9,8 +9,7 @@ loaded with :func:`k8spacket.config.load_settings`, so a value the agent does no
 read, or reads differently, fails here rather than in a cluster.
 
 helm comes from ``scripts/deps.d/30-helm.sh`` (PATH, or its cache directory).
-Until the generated dashboards land in ``charts/k8spacket/dashboards/``, a copy
-of the chart with one small test dashboard is rendered instead.
+The dashboards are the generated ones committed in ``charts/k8spacket/dashboards/``.
 """
 
 from __future__ import annotations
@@ -107,23 +106,12 @@ class Helm:
         return r.stderr
 
 
-def _test_dashboard() -> dict[str, Any]:
-    return {"title": "chart test dashboard", "uid": "chart-test", "schemaVersion": 39,
-            "panels": [], "templating": {"list": []}}  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def helm() -> Iterator[Helm]:
     binary = helm_binary()
     home = Path(tempfile.mkdtemp(prefix="kphelm"))
     try:
-        chart = CHART
-        if not list(CHART.glob("dashboards/*.json")):
-            chart = home / "k8spacket"
-            shutil.copytree(CHART, chart)
-            (chart / "dashboards").mkdir(exist_ok=True)
-            (chart / "dashboards/topology.json").write_text(json.dumps(_test_dashboard()))
-        yield Helm(binary, chart, home)
+        yield Helm(binary, CHART, home)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -538,8 +526,9 @@ def test_prometheus_rules_pass_promtool(helm: Helm, tmp_path: Path) -> None:
     assert f"SUCCESS: {len(alerts) + len(records)} rules found" in r.stdout
 
 
-def test_kernel_drops_alert_fires_in_promtool(helm: Helm, tmp_path: Path) -> None:
-    """promtool's rule unit test: the drops alert fires per node, and only there."""
+def test_alerts_fire_in_promtool_unit_tests(helm: Helm, tmp_path: Path) -> None:
+    """promtool's rule unit tests: the drops alert fires per node, and only there; the
+    exactly-once alert fires only while an agent is missing."""
     promtool = shutil.which("promtool")
     require(promtool is not None, "promtool is not installed (apt package prometheus)")
     assert promtool is not None
@@ -569,6 +558,33 @@ def test_kernel_drops_alert_fires_in_promtool(helm: Helm, tmp_path: Path) -> Non
                     },
                 }],
             }],
+        }, {
+            # records left to other agents while one agent is missing: counted by nobody
+            "interval": "1m",
+            "input_series": [
+                {"series": 'k8spacket_records_not_reported_total{node="a",reason="remote_client"}',
+                 "values": "0+5x60"},
+                {"series": 'kube_daemonset_status_desired_number_scheduled{namespace="k8spacket",daemonset="k8spacket"}',
+                 "values": "3x60"},
+                {"series": 'kube_daemonset_status_number_available{namespace="k8spacket",daemonset="k8spacket"}',
+                 "values": "3x20 2x40"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "18m", "alertname": "K8spacketRecordsNotReportedWhileAgentMissing",
+                 "exp_alerts": []},
+                {"eval_time": "50m", "alertname": "K8spacketRecordsNotReportedWhileAgentMissing",
+                 "exp_alerts": [{
+                     "exp_labels": {"severity": "warning", "team": "platform"},
+                     "exp_annotations": {
+                         "summary": "Connections left to another node's agent while some "
+                         "agents are missing",
+                         "description": "Server-side agents leave connections of remote pod "
+                         "clients to the client's agent (exactly-once rule), but agents are "
+                         "unavailable, so connections whose client runs on their nodes are "
+                         "counted by nobody (75 records left out in 15 minutes).",
+                     },
+                 }]},
+            ],
         }],
     }))  # fmt: skip
     r = subprocess.run([promtool, "test", "rules", "test.yaml"], cwd=tmp_path,
@@ -579,16 +595,18 @@ def test_kernel_drops_alert_fires_in_promtool(helm: Helm, tmp_path: Path) -> Non
 def test_grafana_configmaps_match_the_sidecar_defaults(helm: Helm) -> None:
     docs = helm.render(CHART / "ci/grafana-values.yaml")
     cms = {d["metadata"]["name"]: d for d in kind(docs, "ConfigMap")}
-    dashboards = {n: d for n, d in cms.items() if "grafana_dashboard" in d["metadata"]["labels"]}
+    dashboards = {n: d for n, d in cms.items() if "-dashboard" in n}
+    sidecar = {n for n, d in dashboards.items() if "grafana_dashboard" in d["metadata"]["labels"]}
     files = sorted(p.name for p in helm.chart.glob("dashboards/*.json"))
-    expected = {f"{RELEASE}-dashboard-{f.removesuffix('.json')}" for f in files}
-    if "topology.json" in files:
-        expected.add("k8spacket-node-graph-dashboard")  # what the seed's Grafana values mount
-    assert set(dashboards) == expected
+    assert sidecar == {f"{RELEASE}-dashboard-{f.removesuffix('.json')}" for f in files}
+    assert all(dashboards[n]["metadata"]["labels"]["grafana_dashboard"] == "1" for n in sidecar)
+    # the name the seed's Grafana values mount, without the sidecar label (no duplicate uid)
     seed_grafana = yaml.safe_load(GRAFANA_SEED.read_text())
-    assert seed_grafana["dashboardsConfigMaps"]["default"] in dashboards
+    compat = seed_grafana["dashboardsConfigMaps"]["default"]
+    assert "topology.json" in files
+    assert set(dashboards) == sidecar | {compat}
+    assert dashboards[compat]["data"] == dashboards[f"{RELEASE}-dashboard-topology"]["data"]
     for cm in dashboards.values():
-        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert cm["metadata"]["namespace"] == "monitoring"
         assert cm["metadata"]["annotations"] == {"grafana_folder": "k8spacket"}
         ((name, body),) = cm["data"].items()

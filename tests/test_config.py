@@ -22,7 +22,7 @@ def test_defaults() -> None:
     s = load_settings()
     assert (s.http.host, s.http.port, s.listen) == ("0.0.0.0", 6676, "0.0.0.0:6676")
     assert (s.tracker.flush_period, s.tracker.close_older_than) == (10.0, 20.0)
-    assert s.tracker.forget_after == 600.0
+    assert s.tracker.forget_after == 0.0  # 10 minutes, or closeOlderThan when longer
     assert s.metrics.hide_source_port is True
     assert s.capture.snap_length == 96
 
@@ -43,8 +43,9 @@ def test_the_seed_values_file_is_accepted(tmp_path: Path) -> None:
         ("tracker:\n  forgetAfter: 1h\n", 3600.0, ""),
         ("tracker:\n  closeOlderThan: 30s\n  forgetAfter: 30s\n", 30.0, ""),
         ("tracker:\n  forgetAfter: 5s\n", 0.0, "tracker.forgetAfter: must be at least"),
+        ("tracker:\n  closeOlderThan: 30m\n", 0.0, ""),  # the default follows a long timeout
     ],
-    ids=["hour", "old-rule-equal", "shorter-than-idle"],
+    ids=["hour", "old-rule-equal", "shorter-than-idle", "long-idle-timeout"],
 )
 def test_forget_after(tmp_path: Path, text: str, forget: float, error: str) -> None:
     if error:
@@ -52,6 +53,29 @@ def test_forget_after(tmp_path: Path, text: str, forget: float, error: str) -> N
             load_settings(write(tmp_path, text))
         return
     assert load_settings(write(tmp_path, text)).tracker.forget_after == forget
+
+
+@pytest.mark.parametrize(
+    ("sets", "want", "error"),
+    [
+        ([], ("lean", 65536, 30.0), ""),
+        (["capture.mode=full"], ("full", 65536, 30.0), ""),
+        (["capture.leanBoundary=1MiB", "capture.leanWarmup=0"], ("lean", 1 << 20, 0.0), ""),
+        (["capture.mode=sparse"], None, "capture.mode: must be one of lean, full"),
+        (["capture.leanBoundary=100000"], None, "capture.leanBoundary: must be a power of two"),
+        (["capture.leanWarmup=-1s"], None, "capture.leanWarmup"),
+    ],
+    ids=["defaults", "full", "boundary-and-no-warmup", "bad-mode", "not-power-of-two", "negative"],
+)
+def test_capture_mode_settings(
+    sets: list[str], want: tuple[str, int, float] | None, error: str
+) -> None:
+    if error:
+        with pytest.raises(ConfigError, match=error):
+            load_settings(sets=sets)
+        return
+    c = load_settings(sets=sets).capture
+    assert (c.mode, c.lean_boundary, c.lean_warmup) == want
 
 
 def test_order_file_then_env_then_flags(tmp_path: Path) -> None:

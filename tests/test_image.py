@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -114,6 +115,14 @@ def capable_python() -> Iterator[Path]:
         (venv / "pyvenv.cfg").write_text(
             f"home = {real.parent}\ninclude-system-site-packages = true\n"
             f"version = {'.'.join(map(str, sys.version_info[:3]))}\n"
+        )
+        # the packages of the running interpreter (a venv's site-packages, when tests
+        # run from `make test`'s .venv) stay importable from the copy
+        ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        site_dir = venv / "lib" / ver / "site-packages"
+        site_dir.mkdir(parents=True)
+        (site_dir / "running-interpreter.pth").write_text(
+            "".join(f"{p}\n" for p in site.getsitepackages())
         )
         exe = venv / "bin" / "k8spacket-python"
         shutil.copy2(real, exe)

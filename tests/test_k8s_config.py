@@ -67,7 +67,9 @@ def test_load_api_client(
     try:
         assert api.configuration.host == expected_host
         assert api.configuration.retries is False
-        assert api.configuration.api_key["BearerToken"] == "Bearer t0ken"
+        # the header the client sends (its api_key dict's key changed across releases)
+        headers = {a["key"]: a["value"] for a in api.configuration.auth_settings().values()}
+        assert headers == {"authorization": "Bearer t0ken"}
     finally:
         api.close()
 

@@ -177,7 +177,9 @@ def test_types_and_labels_match_the_agent(real_agent_metrics: str) -> None:
     [
         LabelPolicy("pod"),
         LabelPolicy(
-            "workload", ("src_ip", "dst_ip", "src_port", "dst_country"), hide_source_port=False
+            "workload",
+            ("src_ip", "dst_ip", "src_port", "dst_country", "dst_service"),
+            hide_source_port=False,
         ),
     ],
     ids=["pod-level", "all-opt-ins"],

@@ -109,7 +109,9 @@ def test_default_values(record: object, expected: tuple[str, ...]) -> None:
 
 def test_opt_in_values() -> None:
     policy = LabelPolicy(
-        "pod", ("src_ip", "dst_ip", "src_port", "dst_country"), hide_source_port=False
+        "pod",
+        ("src_ip", "dst_ip", "src_port", "dst_country", "dst_service"),
+        hide_source_port=False,
     )
     r = rec(
         "cart",
@@ -119,6 +121,7 @@ def test_opt_in_values() -> None:
         dst_name="api",
         src_port=40001,
         dst_country="GB",
+        dst_service="api-svc",
     )
     labels = dict(zip(policy.names, policy.values(r), strict=True))
     assert labels == {
@@ -135,4 +138,5 @@ def test_opt_in_values() -> None:
         "dst_ip": "10.244.2.7",
         "src_port": "40001",
         "dst_country": "GB",
+        "dst_service": "api-svc",
     }

@@ -68,6 +68,41 @@ def test_open_connections_gauge_follows_first_and_final_records() -> None:
     assert get("k8spacket_tcp_connections_closed_total", {**EDGE, "close": "fin"}) == 1
 
 
+def test_open_gauge_comes_back_down_when_names_change_before_the_close() -> None:
+    """The -1 goes to the series of the +1, whatever the final record is named."""
+    clock = ManualClock()
+    traffic = TrafficMetrics(clock=clock)
+    for port in (1, 2, 3):
+        traffic.record(rec(close=None, src_port=port, dst_kind="external", dst_workload=""))
+    # the organisation (and, for one, the cache) caught up before the connections ended
+    for port in (1, 2, 3):
+        traffic.record(rec(first=False, src_port=port, dst_kind="external",
+                           dst_workload="", dst_org="Telstra"))  # fmt: skip
+    registry = CollectorRegistry()
+    registry.register(collector(traffic))
+    open_series = [
+        s.value
+        for fam in registry.collect()
+        if fam.name == "k8spacket_tcp_open_connections"
+        for s in fam.samples
+    ]
+    assert open_series and sum(open_series) == 0
+    assert traffic.open_tracked() == 0
+    # back at zero, the series ages out with the TTL (no stale series)
+    clock.advance(traffic.ttl + 1)
+    assert traffic.expire() > 0
+    assert traffic.series_count()["k8spacket_tcp_open_connections"] == 0
+
+
+def test_a_final_record_without_an_interim_one_leaves_the_gauge_alone() -> None:
+    traffic = TrafficMetrics(clock=ManualClock())
+    traffic.record(rec(close=None, src_port=7))
+    traffic.record(rec(first=False, src_port=8))  # never counted open: no -1 for port 7
+    assert traffic.open_tracked() == 1
+    traffic.record(rec(first=False, src_port=7))
+    assert traffic.open_tracked() == 0
+
+
 @pytest.mark.parametrize(
     ("value", "le_in", "le_below"),
     [

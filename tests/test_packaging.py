@@ -59,3 +59,24 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert [
         line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))
     ] == ["make test"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-m", "k8spacket", "--version"],
+        ["-m", "k8spacket", "version"],
+        ["-m", "k8spacket.cli", "--version"],
+    ],
+    ids=["python-m-package", "version-command", "python-m-cli"],
+)
+def test_python_m_k8spacket_and_version(argv: list[str]) -> None:
+    import subprocess
+    import sys
+
+    from k8spacket import __version__
+
+    p = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (p.returncode, p.stdout, p.stderr) == (0, f"k8spacket {__version__}\n", "")

@@ -122,6 +122,18 @@ def test_jsonl_records_have_design_fields() -> None:
             [],
             "2 file(s), 18 packets, 18 TCP, 2 connections, 2 records; skipped: none",
         ),
+        (
+            ["lean_transfer.pcap"],
+            ["--capture-mode", "lean"],
+            "1 file(s), 425 packets, 425 TCP, 1 connections, 3 records; skipped: none; "
+            "lean filter left out: 418",
+        ),
+        (
+            ["lean_transfer.pcap"],
+            ["--capture-mode", "lean", "--lean-boundary", "4096"],
+            "1 file(s), 425 packets, 425 TCP, 1 connections, 4 records; skipped: none; "
+            "lean filter left out: 348",
+        ),
     ],
     ids=[
         "one-file",
@@ -133,6 +145,8 @@ def test_jsonl_records_have_design_fields() -> None:
         "interim",
         "long-flush-period",
         "pcapng-and-gzip",
+        "lean",
+        "lean-4k-boundary",
     ],
 )
 def test_summary_line(files: list[str], opts: list[str], summary: str) -> None:
@@ -140,6 +154,26 @@ def test_summary_line(files: list[str], opts: list[str], summary: str) -> None:
     no_traceback(p)
     assert p.returncode == 0, p.stderr
     assert p.stderr.splitlines() == [f"k8spacket: {summary}"]
+
+
+@pytest.mark.parametrize("name", ["fin_close.pcap", "rst_window.pcap", "lean_transfer.pcap",
+                                  "port_reuse.pcap", "snap96.pcap"])  # fmt: skip
+def test_lean_mode_closed_connections_equal_full(name: str) -> None:
+    """Both modes on one file: every connection seen from SYN to close has the same totals."""
+    totals = {}
+    for mode in ("full", "lean"):
+        p = k8spacket("replay", "--capture-mode", mode, "--no-geoip", GEN / name)
+        assert p.returncode == 0, p.stderr
+        sums: dict[tuple[object, ...], list[object]] = {}
+        for line in p.stdout.splitlines():
+            r = json.loads(line)
+            key = (r["src"], r["src_port"], r["dst"], r["dst_port"], r["start"])
+            acc = sums.setdefault(key, [0, 0, None, None])
+            acc[0] += r["bytes_sent"]  # type: ignore[operator]
+            acc[1] += r["bytes_received"]  # type: ignore[operator]
+            acc[2], acc[3] = r["outcome"], r["close"]
+        totals[mode] = {k: v for k, v in sums.items() if v[3] in ("fin", "rst")}
+    assert totals["full"] and totals["lean"] == totals["full"]
 
 
 def test_table_format() -> None:
@@ -303,6 +337,8 @@ def test_good_file_after_bad_one_is_still_replayed(tmp_path: Path) -> None:
         (["--max-connections", "many"], "argument --max-connections: not a whole number"),
         (["--format", "xml"], "argument --format: invalid choice"),
         (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--capture-mode", "sparse"], "argument --capture-mode: invalid choice"),
+        (["--lean-boundary", "1000"], "--lean-boundary: must be a power of two"),
     ],
     ids=[
         "duration-text",
@@ -312,6 +348,8 @@ def test_good_file_after_bad_one_is_still_replayed(tmp_path: Path) -> None:
         "cap-text",
         "format",
         "unknown",
+        "capture-mode",
+        "lean-boundary",
     ],
 )
 def test_bad_option_exits_2(args: list[str], message: str) -> None:

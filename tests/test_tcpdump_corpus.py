@@ -34,11 +34,12 @@ def test_corpus_is_complete() -> None:
 
 
 @pytest.mark.timeout(10)
+@pytest.mark.parametrize("mode", ["full", "lean"])
 @pytest.mark.parametrize("path", FILES, ids=[f.name for f in FILES])
-def test_replays_or_fails_cleanly(path: Path) -> None:
+def test_replays_or_fails_cleanly(path: Path, mode: str) -> None:
     records: list[ConnectionRecord] = []
     tracker = ConnectionTracker(records.append)
-    stats = replay_files([str(path)], tracker)  # raises anything but CaptureError
+    stats = replay_files([str(path)], tracker, capture_mode=mode)  # raises only CaptureError
     assert len(stats.errors) <= 1
     for err in stats.errors:
         assert "\n" not in err and str(path) in err
@@ -46,6 +47,7 @@ def test_replays_or_fails_cleanly(path: Path) -> None:
     assert tracker.records == len(records)
     assert all(r.bytes_sent >= 0 and r.bytes_received >= 0 for r in records)
     assert all(r.end >= r.start for r in records)
+    assert stats.filtered == 0 or mode == "lean"
 
 
 #: files whose TCP is ordinary enough for tshark's count to be the truth (chosen

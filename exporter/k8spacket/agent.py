@@ -7,12 +7,13 @@ loop restarted with backoff; when it keeps failing ``/healthz`` fails):
 
 * ``capture``: :class:`~k8spacket.capture.reader.CaptureReader` reads every
   ring, decodes, applies the exactly-once rule, feeds the tracker and runs its
-  timer; records are published on this thread (naming by inventory, the
-  connection store, the traffic metrics: per record, never per packet).
-  A record waits ``settle`` seconds (0.25 s + the block timeout) before it is
-  published, and its ``reporter`` is decided then: rings are read a block at a
-  time, so the sending pod's ring may not have been read (and the pod not yet
-  known as local) when the tracker emitted the record;
+  timer; the tracker's records go into the publisher's bounded queue
+  (:meth:`~k8spacket.publish.Publisher.offer`, a full queue is a counted drop);
+* ``publisher``: :class:`~k8spacket.publish.Publisher` waits the settle delay
+  (0.25 s + the block timeout), decides each connection's ``reporter`` once,
+  names the record, applies the exactly-once rule across agents and the
+  Service (DNAT) pairing, and hands the record to the connection store, the
+  traffic metrics and ``record_sinks``;
 * ``interfaces``: :class:`~k8spacket.capture.interfaces.InterfaceWatcher`
   follows RTNL events and opens/closes rings;
 * ``http``: :class:`~k8spacket.server.AgentHTTPServer`;
@@ -31,14 +32,15 @@ first two name as not external. Readiness adds "Kubernetes cache synced".
 
 :meth:`Agent.run` blocks until :meth:`Agent.stop` (the CLI wires SIGTERM and
 SIGINT to it); stopping drains the rings, flushes every open connection as a
-final record and closes the server. Hooks for other parts: ``namers``
-(callables that fill identity fields of a record), ``local.set_extra`` (pod IPs
-on this node from the Kubernetes cache) and ``ready_checks``.
+final record, publishes everything queued and closes the server. Hooks for
+other parts: ``namers`` (callables that fill identity fields of a record),
+``record_sinks`` (consumers of counted records, e.g. the graph's local edge
+store), ``local.set_extra`` (pod IPs on this node from the Kubernetes cache)
+and ``ready_checks``.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import sys
 import threading
@@ -46,22 +48,24 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from k8spacket.capture.bpf import compile_filter
-from k8spacket.capture.interfaces import InterfaceFilter, InterfaceWatcher
-from k8spacket.capture.local import LocalAddresses
+from k8spacket.capture.bpf import capture_programs
+from k8spacket.capture.conntrack import ConntrackClient
+from k8spacket.capture.interfaces import InterfaceFilter, InterfaceWatcher, netlink_pod_routes
+from k8spacket.capture.local import LocalAddresses, netlink_bridge_pods
 from k8spacket.capture.privileges import capture_denied
 from k8spacket.capture.reader import CaptureReader, InterfaceStats
 from k8spacket.capture.ring import PacketRing
 from k8spacket.config import ConfigError, Settings
 from k8spacket.enrich.naming import Namer, Naming
-from k8spacket.flows.record import ConnectionRecord
 from k8spacket.flows.tracker import ConnectionTracker
 from k8spacket.metrics.capture_collector import CaptureCollector
 from k8spacket.metrics.collector import build_registry
 from k8spacket.metrics.labels import LabelPolicy, LabelPolicyError
+from k8spacket.metrics.publish_collector import PublishCollector
 from k8spacket.metrics.sources import SelfMetricSources
 from k8spacket.metrics.traffic import TrafficMetrics
 from k8spacket.nodegraph.store import ConnectionStore
+from k8spacket.publish import Publisher, RecordSink
 from k8spacket.server import AgentHTTPServer
 from k8spacket.supervise import Supervised, Supervisor
 
@@ -75,6 +79,34 @@ log = logging.getLogger(__name__)
 POD_SYNC_PERIOD = 0.5
 #: the interpreter's thread switch interval while the agent runs (default 5 ms)
 SWITCH_INTERVAL = 0.001
+
+
+def host_pod_addresses() -> list[tuple[str, int]]:
+    """(address, ifindex) of pods as the host namespace shows them: host routes via a
+    link, and the bridges' neighbour and forwarding tables (``capture.local``)."""
+    return netlink_pod_routes() + netlink_bridge_pods()
+
+
+def build_conntrack(settings: Settings) -> ConntrackClient | None:
+    """The conntrack client for Service (DNAT) pairs, or ``None`` (``capture.conntrack``).
+
+    ``auto`` uses conntrack when the kernel lets us (``CAP_NET_ADMIN``; one
+    warning and off otherwise); ``true`` makes a refused probe a start-up error.
+    """
+    mode = settings.capture.conntrack
+    if mode == "false":
+        return None
+    client = ConntrackClient()
+    if mode == "true":
+        try:
+            client.get(("127.0.0.1", 1, "127.0.0.1", 1))
+        except OSError as e:
+            client.close()
+            raise ConfigError(
+                f"capture.conntrack: true, but conntrack cannot be read ({e.strerror}; "
+                "it needs CAP_NET_ADMIN and the nf_conntrack_netlink module)"
+            ) from None
+    return client
 
 
 class Agent:
@@ -106,7 +138,9 @@ class Agent:
         except (LabelPolicyError, ValueError) as e:
             raise ConfigError(f"metrics: {e}") from None
         try:
-            self.program = compile_filter(s.capture.filter, s.capture.snap_length)
+            self.program, lean_program = capture_programs(
+                s.capture.mode, s.capture.filter, s.capture.snap_length, s.capture.lean_boundary
+            )
         except ValueError as e:
             raise ConfigError(f"capture.filter: {e}") from None
         self.naming = Naming.from_settings(s, k8s)
@@ -118,15 +152,35 @@ class Agent:
         self._pods_mark: tuple[int, ...] = ()
         self.store = ConnectionStore(s.http.connection_store)
         self.local = LocalAddresses()
+        self.settle = 0.25 + s.capture.block_timeout
+        #: consumers of counted records, after the store and the traffic metrics
+        self.record_sinks: list[RecordSink] = []
+        self.conntrack = build_conntrack(s)
+        self.publisher = Publisher(
+            is_local=self.local.is_local,
+            namers=self.namers,
+            store=self.store.add,
+            traffic=self.traffic.record,
+            record_sinks=self.record_sinks,
+            nat=self.conntrack,
+            settle=self.settle,
+        )
         self.tracker = ConnectionTracker(
-            self._sink,
+            self.publisher.offer,
             close_older_than=s.tracker.close_older_than,
             flush_period=s.tracker.flush_period,
-            forget_after=s.tracker.forget_after,
+            forget_after=s.tracker.forget_after or None,
             max_connections=s.tracker.max_connections,
             is_local=self.local.is_local,
+            lean=s.capture.mode == "lean",
         )
-        self.reader = CaptureReader(self.tracker, self.local, clock=clock)
+        self.reader = CaptureReader(
+            self.tracker,
+            self.local,
+            clock=clock,
+            lean_program=lean_program,
+            lean_warmup=s.capture.lean_warmup,
+        )
         self.watcher = InterfaceWatcher(
             self.reader,
             self._open_ring,
@@ -135,12 +189,10 @@ class Agent:
             ),
             command=s.capture.interfaces.command or None,
             refresh_period=s.capture.interfaces.refresh_period,
+            list_pod_routes=host_pod_addresses,
         )
         self.reader.on_ring_error = self.watcher.request_sync
-        self.reader.on_tick = self._publish_settled
-        self.settle = 0.25 + s.capture.block_timeout
         self._clock = clock
-        self._pending: collections.deque[tuple[float, ConnectionRecord]] = collections.deque()
         sources = SelfMetricSources(
             capture_packets=lambda: {n: st.packets for n, st in self._istats().items()},
             capture_drops=lambda: {n: st.drops for n, st in self._istats().items()},
@@ -158,6 +210,9 @@ class Agent:
                 self.watcher.skipped_counts,
                 lambda: {n: st.not_owner for n, st in self._istats().items()},
             )
+        )
+        self.registry.register(
+            PublishCollector(lambda: self.publisher.dropped, self.publisher.counters)
         )
         self.server = AgentHTTPServer(
             s.http.host,
@@ -218,23 +273,6 @@ class Agent:
             block_timeout_ms=max(1, round(c.block_timeout * 1000)),
         )
 
-    def _sink(self, rec: ConnectionRecord) -> None:
-        self._pending.append((self._clock(), rec))
-
-    def _publish_settled(self, now: float) -> None:
-        pending = self._pending
-        before = now - self.settle
-        while pending and pending[0][0] <= before:
-            self._publish(pending.popleft()[1])
-
-    def _publish(self, rec: ConnectionRecord) -> None:
-        is_local = self.local.is_local
-        rec.reporter = "client" if is_local(rec.src) else "server" if is_local(rec.dst) else None
-        for namer in self.namers:
-            namer(rec)
-        self.store.add(rec)
-        self.traffic.record(rec)
-
     def readiness(self) -> list[str]:
         """The readiness conditions that fail now (empty: ready); what /readyz says."""
         failed: list[str] = []
@@ -268,6 +306,7 @@ class Agent:
         sup = self.supervisor
         self._threads = [
             sup.spawn("capture", self.reader.run, backoff_initial=0.1),
+            sup.spawn("publisher", self.publisher.run),
             sup.spawn("interfaces", self.watcher.run),
         ]
         if self.naming.k8s is not None:
@@ -295,15 +334,29 @@ class Agent:
         self._stop.set()
         self.supervisor.stop()
         self.watcher.stop()
+        self.publisher.block()  # the final flush waits for room: no record lost
         self.reader.stop()
+        publisher = None
         for t in self._threads:
+            if t.name == "publisher":
+                publisher = t
+                continue
             t.join(timeout=10)
         if not any(t.name == "capture" and t.is_alive() for t in self._threads):
             self.reader.close()  # the capture loop does this itself unless it was given up on
-        while self._pending:
-            self._publish(self._pending.popleft()[1])
+        self.publisher.close()
+        if publisher is not None:
+            publisher.join(timeout=30)
+        self.publisher.drain()  # what is left when no publisher thread ran
         self.server.stop()
         self.naming.stop()
+        if self.conntrack is not None:
+            self.conntrack.close()
         log.info(
-            "stopped: %d connections, %d records", self.tracker.connections, self.tracker.records
+            "stopped: %d connections, %d records, %d published, %d dropped, %d conntrack errors",
+            self.tracker.connections,
+            self.tracker.records,
+            self.publisher.published,
+            self.publisher.dropped,
+            self.publisher.nat_errors,
         )

@@ -104,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="interim records for connections open longer than this (default 10s)",
     )
     rp.add_argument(
+        "--capture-mode",
+        choices=("full", "lean"),
+        default="full",
+        help="full: every packet of the files (default); lean: only what the agent's lean "
+        "capture filter passes (SYN/FIN/RST and sequence-boundary crossings), to check it",
+    )
+    rp.add_argument(
+        "--lean-boundary",
+        type=_positive_int,
+        default=1 << 16,
+        metavar="BYTES",
+        help="sequence-space boundary of the lean filter, a power of two (default 65536)",
+    )
+    rp.add_argument(
         "--max-connections",
         type=_positive_int,
         default=1_000_000,
@@ -233,6 +247,9 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from k8spacket.replay import replay_files
 
+    b = args.lean_boundary
+    if b & (b - 1) or not 2 <= b <= 1 << 31:
+        raise UserError(f"--lean-boundary: must be a power of two, got {b}")
     records: list[ConnectionRecord] = []
     out = sys.stdout
     # A file that cannot be opened at all is a mistake in the command: say so before
@@ -267,7 +284,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     progress = _progress_bar(args.progress, args.files)
     try:
-        stats = replay_files(args.files, tracker, progress=progress)
+        stats = replay_files(
+            args.files,
+            tracker,
+            progress=progress,
+            capture_mode=args.capture_mode,
+            lean_boundary=args.lean_boundary,
+        )
     finally:
         if progress is not None:
             progress.close()
@@ -285,7 +308,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             f"k8spacket: {stats.files} file(s), {stats.packets} packets, "
             f"{stats.tcp_packets} TCP, {tracker.connections} connections, "
             f"{tracker.records} records; skipped: {skipped}"
-            + (f"; evicted: {evicted}" if evicted else ""),
+            + (f"; evicted: {evicted}" if evicted else "")
+            + (f"; lean filter left out: {stats.filtered}" if args.capture_mode == "lean" else ""),
             file=sys.stderr,
         )
     for err in stats.errors:

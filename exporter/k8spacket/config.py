@@ -53,13 +53,18 @@ class CaptureSettings:
     block_timeout: float = 0.02
     snap_length: int = 96
     filter: str = "tcp"
+    mode: str = "lean"  # lean | full (docs/capture.md)
+    lean_boundary: int = 1 << 16  # bytes of sequence space; a power of two
+    lean_warmup: float = 30.0  # full capture after a ring opens, then lean
+    #: conntrack lookups to pair Service (DNAT) tuples: auto (when permitted), true, false
+    conntrack: str = "auto"
 
 
 @dataclass
 class TrackerSettings:
     flush_period: float = 10.0
     close_older_than: float = 20.0
-    forget_after: float = 600.0
+    forget_after: float = 0.0  # 0: 10 minutes, or closeOlderThan when that is longer
     max_connections: int = 500_000
 
 
@@ -155,6 +160,12 @@ def _duration(v: Any) -> float:
     if seconds <= 0:
         raise ValueError(f"must be positive, got {v!r}")
     return seconds
+
+
+def _duration_or_zero(v: Any) -> float:
+    if not isinstance(v, bool) and str(v).strip() in ("0", "0s", "0.0"):
+        return 0.0
+    return _duration(v)
 
 
 def _int_range(lo: int, hi: int) -> Parser:
@@ -269,6 +280,10 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("capture.block_timeout", "capture.blockTimeout", _duration),
     FieldSpec("capture.snap_length", "capture.snapLength", _int_range(64, 65535)),
     FieldSpec("capture.filter", "capture.filter", _text),
+    FieldSpec("capture.mode", "capture.mode", _choice("lean", "full")),
+    FieldSpec("capture.lean_boundary", "capture.leanBoundary", _size),
+    FieldSpec("capture.lean_warmup", "capture.leanWarmup", _duration_or_zero),
+    FieldSpec("capture.conntrack", "capture.conntrack", _choice("auto", "true", "false")),
     FieldSpec(
         "tracker.flush_period",
         "tracker.flushPeriod",
@@ -283,7 +298,7 @@ FIELDS: tuple[FieldSpec, ...] = (
         "tcp.assembler.flushing.closeOlderThanDuration",
         ("K8S_PACKET_TCP_ASSEMBLER_FLUSHING_CLOSE_OLDER_THAN_DURATION",),
     ),
-    FieldSpec("tracker.forget_after", "tracker.forgetAfter", _duration),
+    FieldSpec("tracker.forget_after", "tracker.forgetAfter", _duration_or_zero),
     FieldSpec("tracker.max_connections", "tracker.maxConnections", _int_range(1, 100_000_000)),
     FieldSpec(
         "metrics.hide_source_port",
@@ -465,8 +480,13 @@ def validate(settings: Settings) -> None:
         raise ConfigError("capture.blockSize: must be a multiple of 4KiB")
     if c.ring_size < 2 * c.block_size:
         raise ConfigError("capture.ringSize: must hold at least two blocks (2 x blockSize)")
+    b = c.lean_boundary
+    if b < 4096 or b & (b - 1) or b > 1 << 30:
+        raise ConfigError(
+            f"capture.leanBoundary: must be a power of two from 4KiB to 1GiB, got {b}"
+        )
     t = settings.tracker
-    if t.forget_after < t.close_older_than:
+    if t.forget_after and t.forget_after < t.close_older_than:
         raise ConfigError(
             "tracker.forgetAfter: must be at least tracker.closeOlderThan "
             f"({t.forget_after:g}s < {t.close_older_than:g}s)"

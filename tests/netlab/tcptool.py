@@ -9,10 +9,10 @@ reads until EOF (or, with ``--reply-after N``, until N bytes arrived), sends
 
 Client (prints one JSON object per connection, a line each)::
 
-    tcptool.py connect HOST PORT --send 500 [--count 3] [--hold 2.5] [--rst]
+    tcptool.py connect HOST PORT --send 500 [--count 3] [--hold 2.5 [--chunks N]] [--rst]
 
-sends ``--send`` bytes (spread over ``--hold`` seconds when given, so the
-connection stays open that long), then: normally shuts down its side and reads
+sends ``--send`` bytes (spread over ``--hold`` seconds when given, in ``--chunks``
+writes, default one every 0.1 s, so the connection stays open that long), then: normally shuts down its side and reads
 the reply to EOF (close by FIN); with ``--rst``, reads exactly the server's reply
 (``--expect`` bytes) and aborts with SO_LINGER 0 (close by RST). A refused
 connection prints ``{"error": "refused", ...}``. Fields: ``local_port``,
@@ -58,7 +58,7 @@ def _handle(conn: socket.socket, reply: int, reply_after: int | None) -> None:
 
 
 def connect(
-    host: str, port: int, send: int, hold: float, rst: bool, expect: int
+    host: str, port: int, send: int, hold: float, rst: bool, expect: int, chunks: int = 0
 ) -> dict[str, object]:
     out: dict[str, object] = {"local_port": None, "sent": 0, "received": 0, "error": None}
     try:
@@ -68,7 +68,7 @@ def connect(
         return out
     with s:
         out["local_port"] = s.getsockname()[1]
-        chunks = max(1, int(hold * 10)) if hold else 1
+        chunks = chunks or (max(1, int(hold * 10)) if hold else 1)
         sizes = [send // chunks] * chunks
         sizes[-1] += send - sum(sizes)
         for i, n in enumerate(sizes):
@@ -107,12 +107,16 @@ def main() -> int:
     cp.add_argument("--hold", type=float, default=0.0)
     cp.add_argument("--rst", action="store_true")
     cp.add_argument("--expect", type=int, default=0)
+    cp.add_argument("--chunks", type=int, default=0)  # default: one every 0.1 s of --hold
     a = ap.parse_args()
     if a.cmd == "serve":
         serve(a.port, a.reply, a.reply_after)
         return 0
     for _ in range(a.count):
-        print(json.dumps(connect(a.host, a.port, a.send, a.hold, a.rst, a.expect)), flush=True)
+        print(
+            json.dumps(connect(a.host, a.port, a.send, a.hold, a.rst, a.expect, a.chunks)),
+            flush=True,
+        )
     return 0
 
 

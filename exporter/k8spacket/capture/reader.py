@@ -24,6 +24,12 @@ The source address of every packet arriving *from* a pod (not
 (:mod:`k8spacket.capture.local`), on every ring, owner or not; that decides
 ``reporter``.
 
+Lean capture (``capture.mode: lean``, :mod:`k8spacket.capture.bpf`): every ring
+starts with the full program and, ``lean_warmup`` seconds after it was attached,
+is switched to the lean program (``SO_ATTACH_FILTER`` again: the kernel swaps
+filters atomically), so connections that were open before the ring existed are
+learned from whatever they send during the warm-up.
+
 Rings are handed over with :meth:`attach` and taken back with :meth:`detach`
 from any thread; both are applied by the loop thread (a ring is unmapped only
 by the thread that reads it). A ring whose socket reports an error (its
@@ -45,6 +51,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from k8spacket.capture.bpf import Program
 from k8spacket.capture.local import LocalAddresses
 from k8spacket.capture.ring import PKTTYPE_OFFSET, PacketRing
 from k8spacket.decode import SKIP_REASONS, decode_ethernet
@@ -79,8 +86,14 @@ class CaptureReader:
         clock: Callable[[], float] = time.time,
         stats_interval: float = 1.0,
         on_ring_error: Callable[[str, int], None] | None = None,
+        lean_program: Program | None = None,
+        lean_warmup: float = 0.0,
     ) -> None:
         self.tracker = tracker
+        self.lean_program = lean_program
+        self.lean_warmup = lean_warmup
+        #: ring fd → clock time at which it switches to the lean program
+        self._lean_at: dict[int, float] = {}
         self.local = local
         self.clock = clock
         self.stats_interval = stats_interval
@@ -175,6 +188,8 @@ class CaptureReader:
                     self._read_kernel_stats()
                 if sweeping or now >= tracker.next_sweep:
                     sweeping = tracker.sweep_step(now)
+                if self._lean_at:
+                    self._go_lean(now)
                 if self.on_tick is not None:
                     self.on_tick(now)
             self._apply_commands(ep)
@@ -220,6 +235,9 @@ class CaptureReader:
                     self._close(ep, old)
                 self._rings[arg.fileno()] = arg
                 self._by_name[arg.name] = arg
+                if self.lean_program is not None:
+                    self._lean_at[arg.fileno()] = self.clock() + self.lean_warmup
+                    self._go_lean(self.clock())
                 ep.register(arg.fileno(), _EVENTS)
                 self._drain(arg)
             elif op == "learn":
@@ -236,6 +254,7 @@ class CaptureReader:
         """Close a ring; its counters stay visible only when ``keep_stats`` (shutdown)."""
         fd = ring.fileno()
         self._rings.pop(fd, None)
+        self._lean_at.pop(fd, None)
         if self._by_name.get(ring.name) is ring and not keep_stats:
             del self._by_name[ring.name]
         with contextlib.suppress(OSError, ValueError):
@@ -243,6 +262,21 @@ class CaptureReader:
         ring.close()
         self.local.forget_interface(ring.ifindex)
         self.tracker.release_owner(ring.ifindex)
+
+    def _go_lean(self, now: float) -> None:
+        """Switch the rings whose warm-up is over to the lean program."""
+        assert self.lean_program is not None
+        for fd in [fd for fd, at in self._lean_at.items() if at <= now]:
+            del self._lean_at[fd]
+            ring = self._rings.get(fd)
+            if ring is None:
+                continue
+            try:
+                ring.set_filter(self.lean_program)
+            except OSError as e:  # the interface went away: the watcher detaches it
+                log.warning("cannot switch %s to the lean filter: %s", ring.name, e)
+            else:
+                log.debug("%s: lean capture after the warm-up", ring.name)
 
     def _ring_error(self, ring: PacketRing) -> None:
         try:

@@ -129,6 +129,10 @@ class PacketRing:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def set_filter(self, program: Program) -> None:
+        """Replace the socket's BPF program (the kernel swaps it atomically)."""
+        attach(self.sock, program)
+
     def kernel_stats(self) -> tuple[int, int]:
         """Add the kernel's counters since the last read; (total packets, total drops)."""
         if self.sock.fileno() < 0:

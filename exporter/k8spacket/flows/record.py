@@ -74,6 +74,8 @@ class ConnectionRecord:
     dst_namespace: str = ""
     dst_workload: str = ""
     dst_kind: Kind = ""
+    #: the Service the client reached the server through (kube-proxy DNAT), else empty
+    dst_service: str = ""
     dst_org: str = ""
     dst_country: str = ""
     src_org: str = ""

@@ -29,8 +29,7 @@ the first packet seen (the reverse direction is looked up on a miss). Rules
   close_older_than`` gives the old "idle means over" rule). A SYN nobody
   answered ends ``idle`` after ``close_older_than``, as before. In lean mode
   silence is not evidence (small messages pass no filter), so an established
-  connection is forgotten only for room, when its interface goes away, or, half
-  closed, after ``forget_after``;
+  connection is forgotten only for room or, half closed, after ``forget_after``;
 * while open, interim records (``close=None``) are emitted every
   ``flush_period`` so long-lived connections show up early;
 * the table has a hard size cap: when it is full the least recently active
@@ -87,6 +86,8 @@ S_LEAN = 32768  # tracked from a lean capture (see module docstring)
 _SLOW = S_CFIN | S_SFIN | S_CLOSED | S_DORMANT | S_CPEND | S_SPEND | S_LEAN
 
 _EPHEMERAL_MIN = 32768
+#: Silence after which a dormant connection ends (``tracker.forgetAfter``).
+DEFAULT_FORGET_AFTER = 600.0
 #: How long a closed connection's entry absorbs late packets (final ACKs, RST echoes).
 CLOSED_LINGER = 2.0
 #: A RST whose sequence number is further than this from the sender's known
@@ -188,13 +189,15 @@ class ConnectionTracker:
         *,
         close_older_than: float = 20.0,
         flush_period: float = 10.0,
-        forget_after: float = 600.0,
+        forget_after: float | None = None,
         max_connections: int = 500_000,
         is_local: Callable[[str], bool] | None = None,
         lean: bool = False,
     ) -> None:
         if close_older_than <= 0 or flush_period <= 0:
             raise ValueError("close_older_than and flush_period must be positive")
+        if forget_after is None:  # the default, 10 minutes, never shorter than the idle timeout
+            forget_after = max(DEFAULT_FORGET_AFTER, close_older_than)
         if forget_after < close_older_than:
             raise ValueError("forget_after must be at least close_older_than")
         if max_connections < 1:
@@ -728,7 +731,7 @@ class ConnectionTracker:
                     if conn.last > forget_before:
                         continue
                     if st & S_LEAN and not st & (S_CFIN | S_SFIN):
-                        continue  # lean: silence is no evidence; room or the interface decide
+                        continue  # lean: silence is no evidence; only room ends it
                 elif keep_dormant and st & (S_SYNACK | S_SSEQ | S_MID):
                     if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
                         self.sink(self._record(conn, None, conn.last))

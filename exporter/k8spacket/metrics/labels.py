@@ -6,7 +6,8 @@ The user picks labels from a closed list (as hubble does), never free-form:
   ``src_workload``, ``src_kind``, ``dst_namespace``, ``dst_workload``,
   ``dst_kind``, ``dst_port``;
 * opt-in labels, appended in this fixed order whatever order the user gives:
-  ``src_pod``, ``dst_pod``, ``src_ip``, ``dst_ip``, ``src_port``, ``dst_country``;
+  ``src_pod``, ``dst_pod``, ``src_ip``, ``dst_ip``, ``src_port``, ``dst_country``,
+  ``dst_service``;
 * level ``workload`` (default) or ``pod``; ``pod`` is a shorthand that opts in
   ``src_pod`` and ``dst_pod``;
 * ``hide_source_port`` (the seed's ``k8sPacket.metrics.hideSourcePort``,
@@ -25,7 +26,8 @@ Values, chosen so that an unnamed address never creates a series of its own:
   peers (an empty label value is the same as no label in PromQL);
 * ``*_pod``: the record's name when its kind is ``pod``, else empty;
 * ``*_ip``, ``*_port``: the addresses and ports as text; ``dst_country``: the
-  ISO country code, or empty.
+  ISO country code, or empty; ``dst_service``: the Service the client reached
+  the server through (kube-proxy DNAT, the record's ``dst_service``), or empty.
 
 Limits: label values are taken as they come (prometheus_client escapes them);
 the series budget (:mod:`k8spacket.metrics.budget`) bounds how many distinct
@@ -54,6 +56,7 @@ OPT_IN_LABELS: tuple[str, ...] = (
     "dst_ip",
     "src_port",
     "dst_country",
+    "dst_service",
 )
 LEVELS: tuple[str, ...] = ("workload", "pod")
 #: The value a folded label takes (see :mod:`k8spacket.metrics.budget`).
@@ -96,6 +99,8 @@ def _opt_in_value(name: str) -> Callable[[ConnectionRecord], str]:
         return lambda r: str(r.src_port)
     if name == "dst_country":
         return lambda r: r.dst_country
+    if name == "dst_service":
+        return lambda r: r.dst_service
     raise AssertionError(name)  # pragma: no cover - guarded by LabelPolicy
 
 

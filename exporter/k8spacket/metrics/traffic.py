@@ -18,8 +18,14 @@ Accounting rules (docs/design.md, "Connection records" and "Metrics"):
   record brings the time or it ends (at most ``PENDING_HANDSHAKES`` of them;
   past that such late handshakes are not observed);
 * ``open_connections``: +1 when a connection's first record is interim, -1 on
-  its final record; a final record never creates a series and the gauge never
-  goes below zero.
+  its final record, taken from the very series the +1 went to: the connection
+  (addresses and ports) is remembered with that series until its final record,
+  so names that change in between (an organisation resolved later, the cache
+  catching up) cannot strand a +1. The gauge sums to 0 once everything closed;
+  a series back at 0 ages out with the TTL like any other. At most
+  ``OPEN_CONNECTIONS`` connections are remembered; past that a new connection
+  is not counted open (rather than never coming back down). A final record
+  never creates a series and the gauge never goes below zero.
 
 Series idle past ``ttl`` seconds (clock injected, ``time.monotonic`` by
 default) are dropped on each snapshot; :meth:`forget` and :meth:`drop_where`
@@ -90,6 +96,8 @@ FAMILIES: tuple[str, ...] = (SENT, RECEIVED, CONNECTIONS, CLOSED, HANDSHAKE, DUR
 DEFAULT_BUDGET = 10_000
 DEFAULT_TTL = 600.0
 PENDING_HANDSHAKES = 100_000
+#: connections remembered with the open-connections series they were counted in
+OPEN_CONNECTIONS = 1_000_000
 
 Clock = Callable[[], float]
 
@@ -165,6 +173,8 @@ class TrafficMetrics:
             self.open,
         )
         self._pending_hs: dict[tuple[str, int, str, int], None] = {}
+        #: connection → the open-connections slot its +1 went to (until its final record)
+        self._open_slots: dict[tuple[str, int, str, int], list[float]] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ records
@@ -196,16 +206,20 @@ class TrafficMetrics:
             ):
                 self._pending_hs[(rec.src, rec.src_port, rec.dst, rec.dst_port)] = None
             if close is None:
-                if first:
-                    self.open.slot(key, now)[0] += 1
+                if first and len(self._open_slots) < OPEN_CONNECTIONS:
+                    slot = self.open.slot(key, now)
+                    slot[0] += 1
+                    self._open_slots[(rec.src, rec.src_port, rec.dst, rec.dst_port)] = slot
             else:
                 self.closed.slot((*key, close), now)[0] += 1
                 _observe(self.duration.slot(key, now), self.duration_buckets, rec.duration_seconds)
-                if not first:
-                    s = self.open.find_existing(key, _open_positive)
-                    if s is not None:
-                        s[0] -= 1
-                        s[-1] = now
+                if not first and self._open_slots:
+                    held = self._open_slots.pop(
+                        (rec.src, rec.src_port, rec.dst, rec.dst_port), None
+                    )
+                    if held is not None and held[0] > 0:
+                        held[0] -= 1
+                        held[-1] = now
                 if hs is None and self._pending_hs:
                     self._pending_hs.pop((rec.src, rec.src_port, rec.dst, rec.dst_port), None)
 
@@ -277,6 +291,11 @@ class TrafficMetrics:
             series=series,
             overflow=overflow,
         )
+
+    def open_tracked(self) -> int:
+        """Connections counted open now (remembered until their final record)."""
+        with self._lock:
+            return len(self._open_slots)
 
     def series_count(self) -> dict[str, int]:
         """Label sets held per family (for benchmarks and tests)."""
