@@ -161,6 +161,8 @@ def test_agents_sum_and_name_missing_peers(silent_port: int) -> None:
             ins = [x + y for x, y in zip(ins, st.values, strict=True)]
         assert (ins[E.CONNECTIONS], ins[E.SENT]) == (5, 23)  # summed, not overwritten
         assert answer.detail["missing_count"] == 2 and source.failures == 2
+        assert source.error_counts() == {"timeout": 1, "unreachable": 1, "http": 0,
+                                         "bad_answer": 0}  # fmt: skip
         assert {m["peer"] for m in answer.detail["missing"]} == {dead, silent}
         assert dead in answer.note and silent in answer.note and "2 of 4" in answer.note
         print(f"fan-out with a silent peer answered in {took:.2f}s (peer timeout 0.5s)")
@@ -348,3 +350,19 @@ def test_fanout_is_parallel() -> None:
 
     source = AgentsSource(lambda: [f"10.0.0.{i}:6676" for i in range(10)], timeout=5, get=slow)
     assert source.edges(NOW - 60, NOW).detail["answered"] == 10
+
+
+def test_peer_errors_are_counted_by_reason() -> None:
+    def get(url: str, timeout: float) -> tuple[int, bytes]:
+        if "10.0.0.1" in url:
+            return 500, b"{}"
+        if "10.0.0.2" in url:
+            return 200, json.dumps({"layout": ["other"], "edges": []}).encode()
+        if "10.0.0.3" in url:
+            return 200, b"not json"
+        return 200, json.dumps({"layout": list(E.LAYOUT), "edges": []}).encode()
+
+    source = AgentsSource(lambda: [f"10.0.0.{i}:6676" for i in range(1, 5)], get=get)
+    answer = source.edges(NOW - 60, NOW)
+    assert answer.detail["answered"] == 1 and answer.detail["missing_count"] == 3
+    assert source.error_counts() == {"timeout": 0, "unreachable": 0, "http": 1, "bad_answer": 2}

@@ -60,6 +60,7 @@ from k8spacket.enrich.naming import Namer, Naming
 from k8spacket.flows.tracker import ConnectionTracker
 from k8spacket.metrics.capture_collector import CaptureCollector
 from k8spacket.metrics.collector import build_registry
+from k8spacket.metrics.graph_collector import GraphCollector
 from k8spacket.metrics.labels import LabelPolicy, LabelPolicyError
 from k8spacket.metrics.publish_collector import PublishCollector
 from k8spacket.metrics.sources import SelfMetricSources
@@ -67,7 +68,7 @@ from k8spacket.metrics.traffic import TrafficMetrics
 from k8spacket.nodegraph.api import graph_api_from_settings
 from k8spacket.nodegraph.local import LocalGraphStore
 from k8spacket.nodegraph.render import graph_page_route
-from k8spacket.nodegraph.sources import SourceError
+from k8spacket.nodegraph.sources import PEER_ERROR_REASONS, AgentsSource, SourceError
 from k8spacket.nodegraph.store import ConnectionStore
 from k8spacket.publish import Publisher, RecordSink
 from k8spacket.server import AgentHTTPServer
@@ -245,6 +246,14 @@ class Agent:
             clock=clock,
         )
         self.record_sinks.append(self.graph_store.add)
+        agents = self.graph.sources.get("agents")
+        self.registry.register(
+            GraphCollector(
+                agents.error_counts
+                if isinstance(agents, AgentsSource)
+                else lambda: dict.fromkeys(PEER_ERROR_REASONS, 0)
+            )
+        )
         self.registry.register(
             PublishCollector(lambda: self.publisher.dropped, self.publisher.counters)
         )

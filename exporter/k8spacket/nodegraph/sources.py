@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -61,12 +62,32 @@ LOOKBACK = "5m"
 MAX_RESET_SERIES = 50
 
 
+#: why a peer's answer is missing (``k8spacket_graph_peer_errors_total{reason}``)
+PEER_ERROR_REASONS: tuple[str, ...] = ("timeout", "unreachable", "http", "bad_answer")
+
+
 class SourceError(OSError):
     """The source cannot answer now (the API answers 503 with this message).
 
     An ``OSError``: like a failed read, it says "try again later", and callers
     that treat I/O failures as unavailable (the ``/graph`` page) need nothing more.
     """
+
+
+class _PeerError(SourceError):
+    """One peer's answer is unusable (``reason`` is one of :data:`PEER_ERROR_REASONS`)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _error_reason(e: BaseException) -> str:
+    if isinstance(e, _PeerError):
+        return e.reason
+    if isinstance(e, TimeoutError | concurrent.futures.TimeoutError) or "timed out" in str(e):
+        return "timeout"
+    return "unreachable"
 
 
 def http_get(url: str, timeout: float) -> tuple[int, bytes]:
@@ -149,7 +170,18 @@ class AgentsSource:
         self.peers = peers
         self.timeout = timeout
         self.get = get
-        self.failures = 0  # peer answers missing, since start
+        #: peer answers missing since start, by reason (``PEER_ERROR_REASONS``)
+        self.errors: dict[str, int] = dict.fromkeys(PEER_ERROR_REASONS, 0)
+        self._errors_lock = threading.Lock()
+
+    @property
+    def failures(self) -> int:
+        return sum(self.errors.values())
+
+    def error_counts(self) -> dict[str, int]:
+        """A copy of :attr:`errors` (the ``k8spacket_graph_peer_errors_total`` source)."""
+        with self._errors_lock:
+            return dict(self.errors)
 
     def _peers(self) -> list[str]:
         try:
@@ -166,14 +198,14 @@ class AgentsSource:
         q = urllib.parse.urlencode({"from": f"{since * 1000:.3f}", "to": f"{until * 1000:.3f}"})
         status, body = self.get(f"http://{peer}{EDGES_PATH}?{q}", self.timeout)
         if status != 200:
-            raise SourceError(f"HTTP {status}")
+            raise _PeerError("http", f"HTTP {status}")
         try:
             doc = json.loads(body)
             if doc.get("layout") != list(LAYOUT):
-                raise SourceError("a different version (edge layout differs)")
+                raise _PeerError("bad_answer", "a different version (edge layout differs)")
             return EdgeSet.from_json(doc["edges"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise SourceError(f"bad answer: {e}") from None
+            raise _PeerError("bad_answer", f"bad answer: {e}") from None
 
     def edges(self, since: float, until: float) -> Answer:
         peers = self._peers()
@@ -183,17 +215,22 @@ class AgentsSource:
         try:
             futures = {pool.submit(self._ask, p, since, until): p for p in peers}
             done, not_done = concurrent.futures.wait(futures, timeout=self.timeout + 0.5)
+            reasons: list[str] = []
             for fut in not_done:
                 missing[futures[fut]] = "timed out"
+                reasons.append("timeout")
             for fut in done:
                 peer = futures[fut]
                 try:
                     total.merge(fut.result())
                 except Exception as e:
                     missing[peer] = _reason(e)
+                    reasons.append(_error_reason(e))
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-        self.failures += len(missing)
+        with self._errors_lock:
+            for r in reasons:
+                self.errors[r] += 1
         if len(missing) == len(peers):
             raise SourceError(
                 "agents: no agent answered: "
