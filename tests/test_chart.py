@@ -259,11 +259,14 @@ def test_daemonset_runs_on_every_node_in_the_host_network(helm: Helm) -> None:
 @pytest.mark.parametrize(
     ("sets", "caps", "interpreter"),
     [
-        ((), ["NET_RAW"], "/opt/k8spacket/bin/k8spacket-python"),
-        (("securityContext.capabilities.add={NET_ADMIN}",), ["NET_RAW", "NET_ADMIN"],
-         "/opt/k8spacket/bin/k8spacket-python"),
+        ((), ["NET_RAW", "NET_ADMIN"], "/opt/k8spacket/bin/k8spacket-python-conntrack"),
+        (("config.capture.conntrack=true",), ["NET_RAW", "NET_ADMIN"],
+         "/opt/k8spacket/bin/k8spacket-python-conntrack"),
+        (("config.capture.conntrack=false",), ["NET_RAW"], "/opt/k8spacket/bin/k8spacket-python"),
+        (("config.capture.conntrack=false", "securityContext.capabilities.add={SYS_PTRACE}"),
+         ["NET_RAW", "SYS_PTRACE"], "/opt/k8spacket/bin/k8spacket-python"),
     ],
-    ids=["defaults", "extra-cap-from-values"],
+    ids=["defaults-conntrack-auto", "conntrack-true", "conntrack-false", "extra-cap-from-values"],
 )  # fmt: skip
 def test_capabilities_are_exactly_what_the_agent_uses(
     helm: Helm, sets: tuple[str, ...], caps: list[str], interpreter: str
@@ -287,9 +290,11 @@ def test_capabilities_are_exactly_what_the_agent_uses(
 
 
 def test_seed_security_context_keeps_its_grants(helm: Helm) -> None:
-    sc = agent_container(helm.render(SEED))["securityContext"]
+    c = agent_container(helm.render(SEED))
+    sc = c["securityContext"]
     assert sorted(sc["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW"]
     assert sc["allowPrivilegeEscalation"] is True
+    assert c["command"][0] == "/opt/k8spacket/bin/k8spacket-python-conntrack"
 
 
 def test_probes_are_http_and_generous(helm: Helm) -> None:
