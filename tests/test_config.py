@@ -22,7 +22,7 @@ def test_defaults() -> None:
     s = load_settings()
     assert (s.http.host, s.http.port, s.listen) == ("0.0.0.0", 6676, "0.0.0.0:6676")
     assert (s.tracker.flush_period, s.tracker.close_older_than) == (10.0, 20.0)
-    assert s.tracker.forget_after == 600.0
+    assert s.tracker.forget_after == 0.0  # 10 minutes, or closeOlderThan when longer
     assert s.metrics.hide_source_port is True
     assert s.capture.snap_length == 96
 
@@ -43,7 +43,7 @@ def test_the_seed_values_file_is_accepted(tmp_path: Path) -> None:
         ("tracker:\n  forgetAfter: 1h\n", 3600.0, ""),
         ("tracker:\n  closeOlderThan: 30s\n  forgetAfter: 30s\n", 30.0, ""),
         ("tracker:\n  forgetAfter: 5s\n", 20.0, ""),  # raised to closeOlderThan: the old rule
-        ("tracker:\n  closeOlderThan: 30m\n", 1800.0, ""),  # the default follows a long one
+        ("tracker:\n  closeOlderThan: 30m\n", 0.0, ""),  # 0: the tracker takes the longer
         ("tracker:\n  forgetAfter: never\n", 0.0, "tracker.forgetAfter: not a duration"),
     ],
     ids=["hour", "old-rule-equal", "shorter-than-idle", "long-idle-timeout", "not-a-duration"],
