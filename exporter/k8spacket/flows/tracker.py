@@ -383,9 +383,10 @@ class ConnectionTracker:
                 return
             adv = (ack - conn.client_next) & MASK
         if 0 < adv < HALF:
-            if st & S_LEAN:
+            if st & S_LEAN and adv > 1:
                 # lean: data the filter did not pass is the usual reason; a FIN
-                # the kernel dropped is not told from it (docs/capture.md)
+                # the kernel dropped behind such data is not told from it
+                # (docs/capture.md). One unit alone is held as in full mode.
                 if server:
                     conn.server_bytes += adv
                     conn.server_next = ack
