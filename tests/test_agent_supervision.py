@@ -30,7 +30,7 @@ from k8spacket.config import load_settings
 from k8spacket.enrich.external_cache import ExternalInfo
 from k8spacket.enrich.k8s import K8sCache
 from k8spacket.supervise import Supervisor
-from kmockserver import FakeCluster, fast_backoff, pod, wait_for
+from kmockserver import FakeCluster, fast_backoff, pod, record, wait_for
 from promserver import free_port
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -178,7 +178,19 @@ def inject_registry(agent: Agent) -> Callable[[], bool]:
     return lambda: calls[0] >= 2
 
 
-LOCAL: dict[str, Inject] = {"capture": inject_capture, "interfaces": inject_interfaces}
+def inject_publisher(agent: Agent) -> Callable[[], bool]:
+    calls = fail_once(agent.publisher, "publish")
+    agent.publisher.settle = 0.0
+    for port in (1, 2):
+        agent.publisher.offer(record("10.244.1.5", "10.244.2.7", port))
+    return lambda: len(agent.store) == 1 and agent.publisher.dropped == 1 and calls[0] == 2
+
+
+LOCAL: dict[str, Inject] = {
+    "capture": inject_capture,
+    "interfaces": inject_interfaces,
+    "publisher": inject_publisher,
+}
 EXTERNAL: dict[str, Inject] = {
     "k8spacket-geoip": inject_geoip,
     "k8spacket-whois-*": inject_registry,

@@ -67,7 +67,8 @@ from k8spacket.metrics.sources import SelfMetricSources
 from k8spacket.metrics.traffic import TrafficMetrics
 from k8spacket.nodegraph.api import graph_api_from_settings
 from k8spacket.nodegraph.local import LocalGraphStore
-from k8spacket.nodegraph.sources import PEER_ERROR_REASONS, AgentsSource
+from k8spacket.nodegraph.render import graph_page_route
+from k8spacket.nodegraph.sources import PEER_ERROR_REASONS, AgentsSource, SourceError
 from k8spacket.nodegraph.store import ConnectionStore
 from k8spacket.publish import Publisher, RecordSink
 from k8spacket.server import AgentHTTPServer
@@ -263,7 +264,10 @@ class Agent:
             self.store,
             self.readiness,
             liveness=self.supervisor.health,
-            raw_routes=self.graph.routes(),
+            raw_routes={
+                **self.graph.routes(),
+                "/graph": graph_page_route(self.graph.graph, unavailable=(SourceError,)),
+            },
         )
         self._stop = threading.Event()
         self._threads: list[Supervised] = []
@@ -390,7 +394,7 @@ class Agent:
         self.publisher.close()
         if publisher is not None:
             publisher.join(timeout=30)
-        self.publisher.drain()  # what is left when no publisher thread ran
+        self.publisher.drain()  # what is left when no publisher thread ran (or it gave up)
         self.server.stop()
         self.naming.stop()
         if self.conntrack is not None:

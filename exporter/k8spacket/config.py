@@ -541,7 +541,7 @@ def validate(settings: Settings) -> None:
 
 
 def resolve_graph_source(settings: Settings, in_cluster: bool) -> str:
-    """The graph source ``http.graphSource: auto`` means (docs/design.md, "Graph sources").
+    """The graph source ``http.graphSource: auto`` means (docs/nodegraph.md, "Sources").
 
     ``prometheus`` when a Prometheus URL is given; ``agents`` in a cluster (or with a
     static ``graph.peers`` list); ``local`` otherwise.

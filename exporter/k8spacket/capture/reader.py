@@ -163,11 +163,14 @@ class CaptureReader:
         for fd in rings:
             ep.register(fd, _EVENTS)
         next_stats = self.clock() + self.stats_interval
+        tracker = self.tracker
+        tracker.sweep_in_add = False  # swept here, a slice per loop turn
+        sweeping = False
         self.running.set()
         try:
             while not self._stop.is_set():
                 now = self.clock()
-                wait = min(next_stats, self.tracker.next_sweep) - now
+                wait = 0.0 if sweeping else min(next_stats, tracker.next_sweep) - now
                 for fd, ev in ep.poll(min(max(wait, 0.0), 0.5)):
                     ring = rings.get(fd)
                     if ring is None:
@@ -183,8 +186,8 @@ class CaptureReader:
                 if now >= next_stats:
                     next_stats = now + self.stats_interval
                     self._read_kernel_stats()
-                if now >= self.tracker.next_sweep:
-                    self.tracker.sweep(now)
+                if sweeping or now >= tracker.next_sweep:
+                    sweeping = tracker.sweep_step(now)
                 if self._lean_at:
                     self._go_lean(now)
                 if self.on_tick is not None:

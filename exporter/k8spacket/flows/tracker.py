@@ -165,6 +165,8 @@ class ConnectionTracker:
     """
 
     __slots__ = (
+        "_pass",
+        "_pass_at",
         "close_older_than",
         "connections",
         "evicted",
@@ -177,6 +179,7 @@ class ConnectionTracker:
         "next_sweep",
         "records",
         "sink",
+        "sweep_in_add",
         "table",
     )
 
@@ -209,6 +212,12 @@ class ConnectionTracker:
         self.table: dict[int, Connection] = {}
         #: packet time of the next sweep (the first packet triggers one on the empty table)
         self.next_sweep = float("-inf")
+        #: True: :meth:`add` runs a whole :meth:`sweep` when packet time passes
+        #: ``next_sweep`` (replay); the live reader sets False and calls
+        #: :meth:`sweep_step` from its loop instead
+        self.sweep_in_add = True
+        self._pass: list[int] | None = None  # keys of the sliced sweep under way
+        self._pass_at = 0
         self.records = 0
         self.connections = 0
         #: reason → count (``idle``, ``capacity``): entries removed before they closed.
@@ -225,7 +234,7 @@ class ConnectionTracker:
         packet already seen there: the caller counts it), ``True`` otherwise.
         """
         key, half, sport, dport, seq, ack, flags, plen = pkt
-        if ts >= self.next_sweep:
+        if ts >= self.next_sweep and self.sweep_in_add:
             self.sweep(ts)
         table = self.table
         conn = table.get(key)
@@ -662,10 +671,40 @@ class ConnectionTracker:
     def sweep(self, now: float) -> None:
         """Flush idle connections, emit interim records, drop closed entries.
 
-        Called from :meth:`add` whenever packet time passes the next flush point,
-        and by the live agent from a timer.
+        The whole table at once: called from :meth:`add` whenever packet time
+        passes the next flush point (replay). The live capture uses
+        :meth:`sweep_step`, which does the same in slices.
         """
         self.next_sweep = now + self.flush_period
+        self._pass = None
+        self._sweep_entries(list(self.table), now)
+
+    def sweep_step(self, now: float, limit: int = 2000) -> bool:
+        """One slice of a sweep, for the live capture loop; True while a pass is unfinished.
+
+        When ``now`` passes ``next_sweep`` a pass starts over the keys the table
+        holds then; each call handles the next ``limit`` of them (those still in
+        the table), so the capture thread never spends more than a few
+        milliseconds here between two ring drains, however many connections
+        are open (a whole pass over 500,000 took seconds). Connections that
+        arrive during a pass are looked at by the next one.
+        """
+        keys = self._pass
+        if keys is None:
+            if now < self.next_sweep:
+                return False
+            self.next_sweep = now + self.flush_period
+            keys = self._pass = list(self.table)
+            self._pass_at = 0
+        at = self._pass_at
+        self._pass_at = at + limit
+        self._sweep_entries(keys[at : at + limit], now)
+        if self._pass_at < len(keys):
+            return True
+        self._pass = None
+        return False
+
+    def _sweep_entries(self, keys: list[int], now: float) -> None:
         idle_before = now - self.close_older_than
         forget_before = now - self.forget_after
         keep_dormant = self.forget_after > self.close_older_than
@@ -673,7 +712,10 @@ class ConnectionTracker:
         report_before = now - self.flush_period
         table = self.table
         dead: list[int] = []
-        for key, conn in table.items():
+        for key in keys:
+            conn = table.get(key)
+            if conn is None:
+                continue
             st = conn.state
             if st & S_CLOSED:
                 if conn.last <= linger_before:
