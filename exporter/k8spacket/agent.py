@@ -194,7 +194,7 @@ class Agent:
             self.publisher.offer,
             close_older_than=s.tracker.close_older_than,
             flush_period=s.tracker.flush_period,
-            forget_after=s.tracker.forget_after or None,
+            forget_after=s.tracker.forget_after or None,  # 0: the tracker's default
             max_connections=s.tracker.max_connections,
             is_local=self.local.is_local,
             lean=s.capture.mode == "lean",
