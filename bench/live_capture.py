@@ -199,9 +199,14 @@ def main() -> int:
         pa = lab.add_pod("a", "10.213.1.2/24")
         pb = lab.add_pod("b", "10.213.1.3/24")
         lab.popen_in(pb, ["iperf3", "-s", "-p", "5201"])
-        lab.popen_in(pb, tcptool_argv("serve", "--port", "8080", "--reply", "100"))
+        # one server port per run: the client's ports of a run sit in TIME_WAIT for a
+        # minute, and reusing the same 4-tuples would throttle the next run
+        rpc_ports = iter(range(8080, 8083))
+        for port in range(8080, 8083):
+            lab.popen_in(pb, tcptool_argv("serve", "--port", str(port), "--reply", "100"))
         lab.wait_listening(pb, 5201)
-        lab.wait_listening(pb, 8080)
+        for port in range(8080, 8083):
+            lab.wait_listening(pb, port)
         ifaces = [pa.host_if, pb.host_if]
         extra = [] if a.bulk else ["-l", "64", "-N", "-P", "2"]
 
@@ -217,7 +222,8 @@ def main() -> int:
             return {"streams": streams}
 
         def rpcs(seconds: float) -> dict[str, Any]:
-            r = lab.run_in(pa, [sys.executable, "-c", RPC_CLIENT, pb.ip, "8080", str(seconds)],
+            port = str(next(rpc_ports))
+            r = lab.run_in(pa, [sys.executable, "-c", RPC_CLIENT, pb.ip, port, str(seconds)],
                            timeout=seconds + 30)  # fmt: skip
             return {"connections": int(r.stdout.strip())}
 

@@ -85,8 +85,14 @@ class PrometheusServer:
     """A Prometheus process on 127.0.0.1 scraping its target(s) every second."""
 
     def __init__(
-        self, binary: str, target: str | list[str], workdir: Path, netns: str | None = None
+        self,
+        binary: str,
+        target: str | list[str],
+        workdir: Path,
+        netns: str | None = None,
+        listen_host: str = "127.0.0.1",
     ) -> None:
+        """``listen_host``: where it listens (``0.0.0.0`` to be reached from other nodes)."""
         config = workdir / "prometheus.yml"
         targets = ", ".join(f"'{t}'" for t in ([target] if isinstance(target, str) else target))
         config.write_text(
@@ -102,7 +108,7 @@ class PrometheusServer:
             binary,
             f"--config.file={config}",
             f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address={self.url.removeprefix('http://')}",
+            f"--web.listen-address={listen_host}:{self.url.rsplit(':', 1)[1]}",
         ]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]  # ip execs: same pid

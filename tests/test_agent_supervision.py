@@ -180,9 +180,10 @@ def inject_registry(agent: Agent) -> Callable[[], bool]:
 
 def inject_publisher(agent: Agent) -> Callable[[], bool]:
     calls = fail_once(agent.publisher, "publish")
-    for port in (8081, 8082):
-        agent.publisher.offer(record("10.244.1.5", "10.244.2.7", dst_port=port))
-    return lambda: calls[0] >= 2 and agent.publisher.published >= 1
+    agent.publisher.settle = 0.0
+    for port in (1, 2):
+        agent.publisher.offer(record("10.244.1.5", "10.244.2.7", port))
+    return lambda: len(agent.store) == 1 and agent.publisher.dropped == 1 and calls[0] == 2
 
 
 LOCAL: dict[str, Inject] = {

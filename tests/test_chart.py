@@ -259,11 +259,14 @@ def test_daemonset_runs_on_every_node_in_the_host_network(helm: Helm) -> None:
 @pytest.mark.parametrize(
     ("sets", "caps", "interpreter"),
     [
-        ((), ["NET_RAW"], "/opt/k8spacket/bin/k8spacket-python"),
-        (("securityContext.capabilities.add={NET_ADMIN}",), ["NET_RAW", "NET_ADMIN"],
-         "/opt/k8spacket/bin/k8spacket-python"),
+        ((), ["NET_RAW", "NET_ADMIN"], "/opt/k8spacket/bin/k8spacket-python-conntrack"),
+        (("config.capture.conntrack=true",), ["NET_RAW", "NET_ADMIN"],
+         "/opt/k8spacket/bin/k8spacket-python-conntrack"),
+        (("config.capture.conntrack=false",), ["NET_RAW"], "/opt/k8spacket/bin/k8spacket-python"),
+        (("config.capture.conntrack=false", "securityContext.capabilities.add={SYS_PTRACE}"),
+         ["NET_RAW", "SYS_PTRACE"], "/opt/k8spacket/bin/k8spacket-python"),
     ],
-    ids=["defaults", "extra-cap-from-values"],
+    ids=["defaults-conntrack-auto", "conntrack-true", "conntrack-false", "extra-cap-from-values"],
 )  # fmt: skip
 def test_capabilities_are_exactly_what_the_agent_uses(
     helm: Helm, sets: tuple[str, ...], caps: list[str], interpreter: str
@@ -287,9 +290,11 @@ def test_capabilities_are_exactly_what_the_agent_uses(
 
 
 def test_seed_security_context_keeps_its_grants(helm: Helm) -> None:
-    sc = agent_container(helm.render(SEED))["securityContext"]
+    c = agent_container(helm.render(SEED))
+    sc = c["securityContext"]
     assert sorted(sc["capabilities"]["add"]) == ["NET_ADMIN", "NET_RAW"]
     assert sc["allowPrivilegeEscalation"] is True
+    assert c["command"][0] == "/opt/k8spacket/bin/k8spacket-python-conntrack"
 
 
 def test_probes_are_http_and_generous(helm: Helm) -> None:
@@ -314,9 +319,9 @@ def test_resources_have_a_memory_limit_above_the_measured_peak(helm: Helm) -> No
     def to_mib(q: str) -> int:
         return int(q[:-2]) * mib[q[-2:]]
 
-    # bench/agent_memory.py: ~310 MiB resident, ~540 MiB at a full-budget scrape
-    assert to_mib(res["requests"]["memory"]) >= 310
-    assert to_mib(res["limits"]["memory"]) >= 540 * 1.5
+    # bench/agent_memory.py: ~316 MiB resident, ~544 MiB at a full-budget scrape
+    assert to_mib(res["requests"]["memory"]) >= 316
+    assert to_mib(res["limits"]["memory"]) >= 544 * 1.5
     assert "cpu" not in res.get("limits", {})
 
 

@@ -192,6 +192,17 @@ def test_sum_over_agents_counts_every_connection_once(lab: NetLab, tmp_path: Pat
         )
         assert services == {k: float(v) for k, v in want_service.items()}
         assert prom.value("sum(k8spacket_tcp_open_connections)") in (0.0, None)
+        # the graph built from the records counts them once too: each agent's local
+        # edges, summed over both agents (what the `agents` graph source does)
+        graph_connections = graph_sent = 0.0
+        for agent in agents.values():
+            status, body = agent.get("/nodegraph/api/graph/data?source=local&stats-type=connection")
+            assert status == 200, body
+            for edge in json.loads(body)["edges"]:
+                graph_connections += edge["detail__connections"]
+                graph_sent += edge["detail__sent_bytes"]
+        assert graph_connections == total_connections
+        assert graph_sent == sum(w[0] for w in want.values())
         # each agent says what it left out, and why
         n1_left_out = prom.by_labels(
             'sum by (reason) (k8spacket_records_not_reported_total{instance="127.0.0.1:6676"})',

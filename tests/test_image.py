@@ -44,7 +44,12 @@ DOCKERFILE = REPO / "Dockerfile"
 HELPERS = REPO / "charts/k8spacket/templates/_helpers.tpl"
 NOBODY = 65534
 PORT = 6676
-CAP_NET_RAW = 13
+CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
+#: the image's interpreter copies and their file capabilities (as in the Dockerfile)
+FILE_CAPS = {
+    "k8spacket-python": "cap_net_raw+ep",
+    "k8spacket-python-conntrack": "cap_net_raw,cap_net_admin+ep",
+}
 
 
 def hadolint() -> str:
@@ -87,10 +92,7 @@ def test_dockerfile_chart_and_image_agree() -> None:
     caps = dict(
         re.findall(r"setcap (\S+) (/opt/k8spacket/bin/\S+)", final)[i][::-1] for i in range(2)
     )
-    assert caps == {
-        "/opt/k8spacket/bin/k8spacket-python": "cap_net_raw+ep",
-        "/opt/k8spacket/bin/k8spacket-python-conntrack": "cap_net_raw,cap_net_admin+ep",
-    }
+    assert caps == {f"/opt/k8spacket/bin/{name}": c for name, c in FILE_CAPS.items()}
     helpers = HELPERS.read_text()
     for path in caps:
         assert path in helpers, path
@@ -101,8 +103,9 @@ def test_dockerfile_chart_and_image_agree() -> None:
 
 # ------------------------------------------------------------- the non-root route
 @pytest.fixture
-def capable_python() -> Iterator[Path]:
-    """A venv-style directory whose bin/k8spacket-python carries cap_net_raw+ep."""
+def capable_python() -> Iterator[dict[str, Path]]:
+    """A venv-style directory with the image's two interpreter copies in bin/:
+    k8spacket-python (cap_net_raw+ep) and k8spacket-python-conntrack (+cap_net_admin)."""
     setcap = require_tool("setcap")
     work = Path(tempfile.mkdtemp(prefix="kpimg"))
     try:
@@ -124,20 +127,26 @@ def capable_python() -> Iterator[Path]:
         (site_dir / "running-interpreter.pth").write_text(
             "".join(f"{p}\n" for p in site.getsitepackages())
         )
-        exe = venv / "bin" / "k8spacket-python"
-        shutil.copy2(real, exe)
-        exe.chmod(0o755)
-        subprocess.run([setcap, "cap_net_raw+ep", str(exe)], check=True)
-        yield exe
+        copies = {}
+        for name, caps in FILE_CAPS.items():
+            exe = venv / "bin" / name
+            shutil.copy2(real, exe)
+            exe.chmod(0o755)
+            subprocess.run([setcap, caps, str(exe)], check=True)
+            copies[name] = exe
+        yield copies
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def unprivileged_argv(exe: Path, argv: list[str], *, no_new_privs: bool, view: Path) -> list[str]:
-    """``argv`` (run by ``exe``) as uid 65534 with only NET_RAW in the bounding set."""
+def unprivileged_argv(
+    exe: Path, argv: list[str], *, no_new_privs: bool, view: Path, bounding: str
+) -> list[str]:
+    """``argv`` (run by ``exe``) as uid 65534 with only ``bounding`` in the bounding set
+    (what the chart's ``drop: [ALL]`` plus its ``add`` list leaves)."""
     setpriv = [
         "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-        "--inh-caps=-all", "--bounding-set=-all,+net_raw",
+        "--inh-caps=-all", f"--bounding-set=-all,{bounding}",
     ]  # fmt: skip
     if no_new_privs:
         setpriv.append("--no-new-privs")
@@ -154,13 +163,23 @@ def unprivileged_argv(exe: Path, argv: list[str], *, no_new_privs: bool, view: P
 
 
 class UnprivilegedAgent:
-    def __init__(self, lab: NetLab, exe: Path, work: Path, *, no_new_privs: bool) -> None:
+    def __init__(
+        self,
+        lab: NetLab,
+        exe: Path,
+        work: Path,
+        *,
+        no_new_privs: bool,
+        bounding: str = "+net_raw",
+        conntrack: str = "false",
+    ) -> None:
         config = work / "agent.yaml"
         config.write_text(
             "capture:\n"
             "  interfaces:\n"
             f"    exclude: ['{lab.uplink_regex}']\n"
             "    refreshPeriod: 2s\n"
+            f"  conntrack: '{conntrack}'\n"
             "tracker:\n"
             "  flushPeriod: 1s\n"
             "  closeOlderThan: 4s\n"
@@ -182,7 +201,9 @@ class UnprivilegedAgent:
         }
         self.proc = lab.popen_in(
             lab.nodes["n1"],
-            unprivileged_argv(exe, argv, no_new_privs=no_new_privs, view=work / "rootview"),
+            unprivileged_argv(
+                exe, argv, no_new_privs=no_new_privs, view=work / "rootview", bounding=bounding
+            ),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -243,7 +264,24 @@ def _status(pid: int) -> dict[str, str]:
 
 @pytest.mark.netns
 @pytest.mark.slow
-def test_non_root_agent_with_file_capability_captures(capable_python: Path, workdir: Path) -> None:
+@pytest.mark.parametrize(
+    ("copy", "bounding", "conntrack", "effective"),
+    [
+        ("k8spacket-python", "+net_raw", "false", 1 << CAP_NET_RAW),
+        # conntrack 'true' stops start-up unless the conntrack table can be read
+        ("k8spacket-python-conntrack", "+net_raw,+net_admin", "true",
+         1 << CAP_NET_RAW | 1 << CAP_NET_ADMIN),
+    ],
+    ids=["net-raw", "net-raw-and-conntrack"],
+)  # fmt: skip
+def test_non_root_agent_with_file_capability_captures(
+    capable_python: dict[str, Path],
+    workdir: Path,
+    copy: str,
+    bounding: str,
+    conntrack: str,
+    effective: int,
+) -> None:
     require_tool("setpriv")
     require_tool("unshare")
     with NetLab() as lab:
@@ -251,13 +289,14 @@ def test_non_root_agent_with_file_capability_captures(capable_python: Path, work
         b = lab.add_pod("b", "10.213.1.3/24")
         lab.popen_in(b, tcptool_argv("serve", "--port", "8080", "--reply", "1500"))
         lab.wait_listening(b, 8080)
-        agent = UnprivilegedAgent(lab, capable_python, workdir, no_new_privs=False)
+        agent = UnprivilegedAgent(lab, capable_python[copy], workdir, no_new_privs=False,
+                                  bounding=bounding, conntrack=conntrack)  # fmt: skip
         try:
             agent.wait("readiness", lambda: agent.get("/readyz")[0] == 200)
             # ip netns exec, unshare, sh, setpriv and sh each exec the next: one process
             status = _status(agent.proc.pid)
             assert status["Uid"].split()[:2] == [str(NOBODY)] * 2
-            assert int(status["CapEff"], 16) == 1 << CAP_NET_RAW  # NET_RAW and nothing else
+            assert int(status["CapEff"], 16) == effective  # these and nothing else
             r = lab.run_in(a, tcptool_argv("connect", b.ip, "8080", "--send", "700"))
             port = json.loads(r.stdout.splitlines()[0])["local_port"]
 
@@ -280,12 +319,15 @@ def test_non_root_agent_with_file_capability_captures(capable_python: Path, work
 
 @pytest.mark.netns
 @pytest.mark.slow
-def test_no_new_privs_ignores_the_file_capability(capable_python: Path, workdir: Path) -> None:
+def test_no_new_privs_ignores_the_file_capability(
+    capable_python: dict[str, Path], workdir: Path
+) -> None:
     """allowPrivilegeEscalation: false sets no_new_privs: the capture is refused."""
     require_tool("setpriv")
     with NetLab() as lab:
         lab.add_pod("a", "10.213.1.2/24")
-        agent = UnprivilegedAgent(lab, capable_python, workdir, no_new_privs=True)
+        agent = UnprivilegedAgent(lab, capable_python["k8spacket-python"], workdir,
+                                  no_new_privs=True)  # fmt: skip
         try:
             agent.wait(
                 "the capture's permission error",
@@ -296,3 +338,23 @@ def test_no_new_privs_ignores_the_file_capability(capable_python: Path, workdir:
             assert int(_status(agent.proc.pid)["CapEff"], 16) == 0
         finally:
             agent.close()
+
+
+@pytest.mark.netns
+def test_conntrack_needs_the_copy_carrying_net_admin(
+    capable_python: dict[str, Path], workdir: Path
+) -> None:
+    """NET_ADMIN in the bounding set alone is not enough for a non-root agent: the
+    plain copy (cap_net_raw only) cannot read conntrack, which is why the chart runs
+    k8spacket-python-conntrack whenever it grants NET_ADMIN for conntrack."""
+    require_tool("setpriv")
+    with NetLab() as lab:
+        agent = UnprivilegedAgent(lab, capable_python["k8spacket-python"], workdir,
+                                  no_new_privs=False, bounding="+net_raw,+net_admin",
+                                  conntrack="true")  # fmt: skip
+        try:
+            code = agent.proc.wait(timeout=60)
+        finally:
+            agent.close()
+    assert code != 0
+    assert "capture.conntrack: true, but conntrack cannot be read" in agent.text()

@@ -61,10 +61,15 @@ from k8spacket.enrich.naming import Namer, Naming
 from k8spacket.flows.tracker import ConnectionTracker
 from k8spacket.metrics.capture_collector import CaptureCollector
 from k8spacket.metrics.collector import build_registry
+from k8spacket.metrics.graph_collector import GraphCollector
 from k8spacket.metrics.labels import LabelPolicy, LabelPolicyError
 from k8spacket.metrics.publish_collector import PublishCollector
 from k8spacket.metrics.sources import SelfMetricSources
 from k8spacket.metrics.traffic import TrafficMetrics
+from k8spacket.nodegraph.api import graph_api_from_settings
+from k8spacket.nodegraph.local import LocalGraphStore
+from k8spacket.nodegraph.render import graph_page_route
+from k8spacket.nodegraph.sources import PEER_ERROR_REASONS, AgentsSource, SourceError
 from k8spacket.nodegraph.store import ConnectionStore
 from k8spacket.publish import Publisher, RecordSink
 from k8spacket.server import AgentHTTPServer
@@ -110,6 +115,26 @@ def build_conntrack(settings: Settings) -> ConntrackClient | None:
                 "it needs CAP_NET_ADMIN and the nf_conntrack_netlink module)"
             ) from None
     return client
+
+
+def graph_peers(settings: Settings, cache: K8sCache | None) -> Callable[[], list[str]] | None:
+    """The agents the ``agents`` graph source asks: the DaemonSet's pods, listed per question.
+
+    ``None`` without a Kubernetes cache (a static ``graph.peers`` list is handled by
+    the graph API itself). Pods are hostNetwork, so a pod's address is its node's.
+    """
+    if cache is None:
+        return None
+    from k8spacket.enrich.k8s import list_agent_addresses
+
+    g = settings.graph
+    port = g.peer_port or settings.http.port
+
+    def peers() -> list[str]:
+        ips = list_agent_addresses(cache.api_client, g.peer_namespace, g.peer_selector)
+        return [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
+
+    return peers
 
 
 class Agent:
@@ -214,6 +239,24 @@ class Agent:
                 lambda: {n: st.not_owner for n, st in self._istats().items()},
             )
         )
+        self.graph_store = LocalGraphStore(s.graph.window, s.graph.bucket)
+        self.graph = graph_api_from_settings(
+            s,
+            self.graph_store,
+            peers=graph_peers(s, self.naming.k8s),
+            in_cluster=self.naming.k8s is not None,
+            node=self.node_name,
+            clock=clock,
+        )
+        self.record_sinks.append(self.graph_store.add)
+        agents = self.graph.sources.get("agents")
+        self.registry.register(
+            GraphCollector(
+                agents.error_counts
+                if isinstance(agents, AgentsSource)
+                else lambda: dict.fromkeys(PEER_ERROR_REASONS, 0)
+            )
+        )
         self.registry.register(
             PublishCollector(lambda: self.publisher.dropped, self.publisher.counters)
         )
@@ -224,6 +267,10 @@ class Agent:
             self.store,
             self.readiness,
             liveness=self.supervisor.health,
+            raw_routes={
+                **self.graph.routes(),
+                "/graph": graph_page_route(self.graph.graph, unavailable=(SourceError,)),
+            },
         )
         self._stop = threading.Event()
         self._threads: list[Supervised] = []
@@ -372,7 +419,7 @@ class Agent:
         self.publisher.close()
         if publisher is not None:
             publisher.join(timeout=30)
-        self.publisher.drain()  # what is left when no publisher thread ran
+        self.publisher.drain()  # what is left when no publisher thread ran (or it gave up)
         self.server.stop()
         self.naming.stop()
         if self.conntrack is not None:

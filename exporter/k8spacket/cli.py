@@ -155,9 +155,60 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--root", metavar="DIR", help="source checkout (default: found from here)")
     dg.add_argument("--check", action="store_true", help="only report stale files (exit 1)")
     dg.add_argument("--plugin-zip", metavar="DIR", help="also pack the app plugin zip into DIR")
-
+    _add_demo_parser(sub)
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _add_demo_parser(sub: Any) -> None:
+    from k8spacket.demo.topology import DEFAULT_BASE_PORT
+
+    dp = sub.add_parser(
+        "demo",
+        help="a mini-cluster of network namespaces with the real agent and traffic (root)",
+        description="Build two nodes and five pods out of network namespaces, run the agent "
+        "on each node and a traffic plan, show the result live; Ctrl-C tears it all down.",
+    )
+    dp.add_argument(
+        "--duration",
+        type=_positive_seconds,
+        metavar="DURATION",
+        help="stop after this long (default: run until Ctrl-C)",
+    )
+    dp.add_argument(
+        "--summary", metavar="FILE", help="write what the demo saw as JSON before teardown"
+    )
+    dp.add_argument(
+        "--picture",
+        metavar="FILE.svg",
+        default="k8spacket-demo-graph.svg",
+        help="where the last picture of the graph goes (a .png beside it too)",
+    )
+    dp.add_argument(
+        "--prefix",
+        default="kpd",
+        help="prefix of every namespace and link (kpd + up to 2 characters)",
+    )
+    dp.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_BASE_PORT,
+        metavar="PORT",
+        help=f"first loopback port of the URLs (default {DEFAULT_BASE_PORT}; 0: any)",
+    )
+    dp.add_argument(
+        "--view",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="live terminal view (auto: when stdout is a terminal)",
+    )
+    dp.add_argument(
+        "--no-prometheus",
+        action="store_true",
+        help="do not start Prometheus even when it is installed",
+    )
+    dp.add_argument("--keep-logs", action="store_true", help="keep the agents' logs")
+    dp.add_argument("--seed", type=int, help="seed of the traffic's randomness")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_replay(args)
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "demo":
+            return cmd_demo(args)
         if args.command == "dashboards":
             return cmd_dashboards(args)
         if args.command == "version":
@@ -215,6 +268,42 @@ def cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: agent.stop())
     agent.run()
     return 0
+
+
+# ------------------------------------------------------------------------ demo
+#: exit status of ``k8spacket demo`` when it cannot run here (``make demo`` replays instead)
+EXIT_DEMO_UNAVAILABLE = 3
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from k8spacket.demo.runner import DemoError, DemoOptions, DemoUnavailable, run_demo
+    from k8spacket.demo.topology import PrefixError, check_prefix
+
+    try:
+        check_prefix(args.prefix)
+    except PrefixError as e:
+        raise UserError(str(e)) from None
+    if not 0 <= args.port <= 65000:
+        raise UserError(f"--port {args.port}: expected 0..65000")
+    opts = DemoOptions(
+        duration=args.duration,
+        summary=Path(args.summary) if args.summary else None,
+        prefix=args.prefix,
+        base_port=args.port,
+        picture=Path(args.picture),
+        view=args.view,
+        prometheus=not args.no_prometheus,
+        keep_logs=args.keep_logs,
+        seed=args.seed,
+    )
+    try:
+        return run_demo(opts)
+    except DemoUnavailable as e:
+        raise UserError(f"demo: {e}", EXIT_DEMO_UNAVAILABLE) from None
+    except DemoError as e:
+        raise UserError(f"demo: {e}", EXIT_INPUT) from None
 
 
 # ------------------------------------------------------------------ dashboards

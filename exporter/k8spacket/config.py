@@ -104,8 +104,20 @@ class HttpSettings:
     host: str = "0.0.0.0"
     port: int = 6676
     connection_store: int = 10_000  # records kept for /nodegraph/connections
-    graph_source: str = "local"  # local | prometheus
+    graph_source: str = "auto"  # auto | local | agents | prometheus (see resolve_graph_source)
     prometheus_url: str = ""
+
+
+@dataclass
+class GraphSettings:
+    window: float = 3600.0  # seconds the local graph store keeps
+    bucket: float = 60.0  # its time resolution
+    peers: list[str] = field(default_factory=list)  # static agent list (host[:port])
+    peer_selector: str = "app.kubernetes.io/name=k8spacket"  # the DaemonSet's pods
+    peer_namespace: str = ""  # their namespace (POD_NAMESPACE); empty: every namespace
+    peer_port: int = 0  # 0: http.port
+    peer_timeout: float = 2.0
+    prometheus_timeout: float = 5.0
 
 
 @dataclass
@@ -117,6 +129,7 @@ class Settings:
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     inventory: str = ""
     http: HttpSettings = field(default_factory=HttpSettings)
+    graph: GraphSettings = field(default_factory=GraphSettings)
     #: attribute path (``enrichment.geoip_db_path``) → the key the user set it with
     #: (``--set enrichment.geoip.dbPath``, ``FILE: k8sPacket.…``, a variable), so
     #: errors found later (a database that will not open) name what the user typed
@@ -352,8 +365,28 @@ FIELDS: tuple[FieldSpec, ...] = (
         ("K8S_PACKET_TCP_LISTENER_PORT",),
     ),
     FieldSpec("http.connection_store", "http.connectionStore", _int_range(1, 10_000_000)),
-    FieldSpec("http.graph_source", "http.graphSource", _choice("local", "prometheus")),
-    FieldSpec("http.prometheus_url", "http.prometheusURL", _text),
+    FieldSpec(
+        "http.graph_source",
+        "http.graphSource",
+        _choice("auto", "local", "agents", "prometheus"),
+        env=("K8S_PACKET_GRAPH_SOURCE",),
+    ),
+    FieldSpec(
+        "http.prometheus_url", "http.prometheusURL", _text, env=("K8S_PACKET_PROMETHEUS_URL",)
+    ),
+    FieldSpec("graph.window", "graph.window", _duration),
+    FieldSpec("graph.bucket", "graph.bucket", _duration),
+    FieldSpec("graph.peers", "graph.peers", _strings),
+    FieldSpec("graph.peer_selector", "graph.peerSelector", _text),
+    FieldSpec(
+        "graph.peer_namespace",
+        "graph.peerNamespace",
+        _text,
+        env=("K8S_PACKET_POD_NAMESPACE", "POD_NAMESPACE"),
+    ),
+    FieldSpec("graph.peer_port", "graph.peerPort", _int_range(0, 65535)),
+    FieldSpec("graph.peer_timeout", "graph.peerTimeout", _duration),
+    FieldSpec("graph.prometheus_timeout", "graph.prometheusTimeout", _duration),
 )
 #: seed keys accepted without effect (gopacket's reassembly tuning)
 SEED_IGNORED = frozenset({"tcp.assembler.maxPagesPerConnection", "tcp.assembler.maxPagesTotal"})
@@ -495,6 +528,32 @@ def validate(settings: Settings) -> None:
         raise ConfigError("metrics.labels: src_port needs metrics.hideSourcePort: false")
     if settings.http.graph_source == "prometheus" and not settings.http.prometheus_url:
         raise ConfigError("http.graphSource: prometheus needs http.prometheusURL")
+    url = settings.http.prometheus_url
+    if url and not re.match(r"^https?://[^/\s]+", url):
+        raise ConfigError(f"http.prometheusURL: expected http(s)://HOST[:PORT][/path], got {url!r}")
+    g = settings.graph
+    if g.bucket > g.window:
+        raise ConfigError("graph.bucket: must not be longer than graph.window")
+    if g.window / g.bucket > 10_000:
+        raise ConfigError(
+            "graph.bucket: graph.window holds more than 10000 buckets; make it longer"
+        )
+
+
+def resolve_graph_source(settings: Settings, in_cluster: bool) -> str:
+    """The graph source ``http.graphSource: auto`` means (docs/nodegraph.md, "Sources").
+
+    ``prometheus`` when a Prometheus URL is given; ``agents`` in a cluster (or with a
+    static ``graph.peers`` list); ``local`` otherwise.
+    """
+    chosen = settings.http.graph_source
+    if chosen != "auto":
+        return chosen
+    if settings.http.prometheus_url:
+        return "prometheus"
+    if in_cluster or settings.graph.peers:
+        return "agents"
+    return "local"
 
 
 def load_settings(

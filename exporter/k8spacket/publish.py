@@ -149,7 +149,7 @@ class Publisher:
         self._closed = threading.Event()  # run() returns once the queue is empty
         self._blocking = threading.Event()  # offer() waits for room instead of dropping
         self._lock = threading.Lock()  # guards the counters for readers on other threads
-        #: records dropped because the queue was full
+        #: records dropped because the queue was full (or publishing one raised)
         self.dropped = 0
         #: reason → records left out of the metrics (see the module docstring)
         self.not_reported: dict[str, int] = dict.fromkeys(NOT_REPORTED_REASONS, 0)
@@ -207,7 +207,14 @@ class Publisher:
                     closing.wait(wait)
                     continue
                 q.popleft()
-                self.publish(rec)
+                try:
+                    self.publish(rec)
+                except Exception:
+                    # a bug in a consumer: the record is lost, counted; the
+                    # supervisor logs the error and restarts the loop
+                    with self._lock:
+                        self.dropped += 1
+                    raise
         finally:
             self.finished.set()
 

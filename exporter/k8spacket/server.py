@@ -19,7 +19,10 @@ thread and never touches this module). Paths:
   ``include``/``exclude`` (regexps on ``src_name``/``dst_name``/addresses; a bad
   regexp is a 400 with a JSON error).
 
-Other paths (the graph fields/data answers) can be added with ``routes``.
+Other paths are added with ``routes`` (handlers of the parsed query) or
+``raw_routes`` (handlers of the raw query string: the Node Graph API's paths,
+:meth:`k8spacket.nodegraph.api.GraphAPI.routes`, whose regexps must keep a
+``+``); a raw route wins over a route of the same path.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: path → handler(query) → (status, content type, body)
 Route = Callable[[Mapping[str, list[str]]], tuple[int, str, bytes]]
+#: path → handler(raw query string) → (status, content type, body)
+RawRoute = Callable[[str], tuple[int, str, bytes]]
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 #: (Accept, Accept-Encoding) → (body chunks, headers)
@@ -115,6 +120,7 @@ class AgentHTTPServer:
         store: ConnectionStore,
         ready: Callable[[], list[str]],
         routes: Mapping[str, Route] | None = None,
+        raw_routes: Mapping[str, RawRoute] | None = None,
         liveness: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.metrics = metrics
@@ -127,6 +133,7 @@ class AgentHTTPServer:
             "/nodegraph/api/health": health,
             **(routes or {}),
         }
+        self.raw_routes: dict[str, RawRoute] = dict(raw_routes or {})
         handler = self._handler_class()
         server_class = _V6Server if ":" in host else ThreadingHTTPServer
         try:
@@ -182,8 +189,15 @@ class AgentHTTPServer:
                         self._send(200, TEXT, b"ready\n")
                     else:
                         self._send(503, TEXT, f"not ready: {'; '.join(failed)}\n".encode())
-                elif path in server.routes:
-                    status, ctype, body = server.routes[path](parse_qs(url.query))
+                elif path in server.raw_routes or path in server.routes:
+                    try:
+                        if path in server.raw_routes:
+                            status, ctype, body = server.raw_routes[path](url.query)
+                        else:
+                            status, ctype, body = server.routes[path](parse_qs(url.query))
+                    except Exception:  # a bug: log it, answer 500, keep serving
+                        log.exception("http: %s failed", path)
+                        status, ctype, body = 500, JSON, b'{"error":"internal error (see log)"}'
                     self._send(status, ctype, body)
                 else:
                     self._send(404, JSON, b'{"error":"not found"}')

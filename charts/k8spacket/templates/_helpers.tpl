@@ -61,11 +61,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/*
 Whether the agent reads the kernel's connection tracking table (Service DNAT
-pairing), which needs CAP_NET_ADMIN. False until the agent has such a setting.
+pairing), which needs CAP_NET_ADMIN: config.capture.conntrack auto or "true".
 */}}
 {{- define "k8spacket.conntrack" -}}
-{{- $ct := (.Values.config.conntrack | default dict) }}
-{{- if $ct.enabled }}true{{ end }}
+{{- if ne (toString .Values.config.capture.conntrack) "false" }}true{{ end }}
 {{- end }}
 
 {{/* The capabilities the agent uses: NET_RAW for packet sockets, NET_ADMIN for conntrack. */}}

@@ -419,3 +419,52 @@ def _break(resp: urllib3.BaseHTTPResponse) -> None:
         shutdown()
     else:
         resp.close()
+
+
+def list_agent_addresses(
+    api: k8s_client.ApiClient,
+    namespace: str = "",
+    label_selector: str = "",
+    timeout: float = 5.0,
+) -> list[str]:
+    """Addresses of the running pods ``label_selector`` selects (the agents' DaemonSet).
+
+    The graph's ``agents`` source asks each of them for its local edges. One list
+    call per question (no cache: the DaemonSet changes rarely and a graph refresh
+    is seconds apart). Equality terms of the selector (``k=v``, ``k==v``) are
+    also checked here, for API servers (and emulators) that ignore it.
+    Raises ``ApiException`` or a transport error when the list fails.
+    """
+    core = k8s_client.CoreV1Api(api)
+    kwargs: dict[str, Any] = {
+        "label_selector": label_selector,
+        "_preload_content": False,
+        "_request_timeout": timeout,
+    }
+    resp = cast(
+        urllib3.BaseHTTPResponse,
+        core.list_namespaced_pod(namespace, **kwargs)
+        if namespace
+        else core.list_pod_for_all_namespaces(**kwargs),
+    )
+    try:
+        doc = json.loads(resp.data)
+    finally:
+        resp.release_conn()
+    wanted = {}
+    for term in label_selector.split(","):
+        k, sep, v = term.replace("==", "=").partition("=")
+        if sep and not k.endswith("!"):
+            wanted[k.strip()] = v.strip()
+    out: list[str] = []
+    for pod in doc.get("items") or ():
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if any(labels.get(k) != v for k, v in wanted.items()):
+            continue
+        status = pod.get("status") or {}
+        if status.get("phase") != "Running":
+            continue
+        ip = status.get("podIP") or ""
+        if ip:
+            out.append(ip)
+    return sorted(set(out))

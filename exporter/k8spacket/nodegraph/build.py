@@ -1,0 +1,542 @@
+"""The three views: an :class:`~.edges.EdgeSet` in, Node Graph API fields and data out.
+
+:func:`build_graph` filters the edges (``namespace``, ``include``, ``exclude``),
+groups their ends at the query's ``level`` and answers
+``(fields, data)``: ``fields`` is ``{"nodes_fields": [...], "edges_fields":
+[...]}`` and ``data`` is ``{"nodes": [...], "edges": [...]}``, every row
+carrying exactly the declared field names (the datasource drops undeclared
+keys, so nothing is sent that is not declared, and nothing declared is left
+out). docs/nodegraph.md has the table of every field.
+
+Views (``stats-type``); node numbers describe the node as a *server* (what
+came in), as upstream's did:
+
+* ``connection``: a health ring (arcs: ended well, i.e. FIN or still open /
+  reset / failed, i.e. refused or unanswered), connections per second and the
+  failed share; edges coloured by failed share, as thick as their rate;
+* ``bytes``: bytes received from clients and answered back, per second, the
+  arcs their split; edges sent/received per second, as thick as their volume;
+* ``duration``: average and 95th percentile (from the duration histogram) of
+  connection lifetime, arcs short (< 1 s) / medium (< 1 min) / long; edges with
+  the average handshake time.
+
+Every node has arcs summing to 1: a node with nothing to show (a client only,
+or no connection ended) gets the grey ``arc__none`` = 1. Titles are never
+empty (an unnamed end is ``unknown``, as in the metrics), ids are unique and
+every edge's ends are nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from operator import add
+from typing import Any
+
+from k8spacket.flows.record import UNKNOWN
+from k8spacket.nodegraph.edges import (
+    BUCKETS0,
+    CONNECTIONS,
+    DURATION_SUM,
+    FAILED,
+    HS_COUNT,
+    HS_SUM,
+    RECEIVED,
+    RESET,
+    SENT,
+    WIDTH,
+    Detail,
+    EdgeSet,
+    End,
+    ended,
+    quantile,
+)
+from k8spacket.nodegraph.query import STATS_TYPES, GraphQuery
+
+Field = dict[str, str]
+Row = dict[str, Any]
+Fields = dict[str, list[Field]]
+Data = dict[str, Any]
+
+GREEN, YELLOW, ORANGE, RED, BLUE, PURPLE, GREY = (
+    "#73bf69",
+    "#fade2a",
+    "#ff9830",
+    "#f2495c",
+    "#5794f2",
+    "#b877d9",
+    "#8e8e8e",
+)
+KIND_COLORS = {
+    "pod": BLUE,
+    "service": PURPLE,
+    "node": GREY,
+    "host": GREY,
+    "external": ORANGE,
+    "unknown": GREY,
+}
+#: duration classes of the ``duration`` view's arcs: bucket index ranges (< 1 s, < 1 min)
+_NOTHING = [0.0] * WIDTH
+_SHORT_END = BUCKETS0 + 6  # buckets up to le=1
+_MEDIUM_END = BUCKETS0 + 9  # buckets up to le=60
+
+
+def _f(name: str, kind: str = "string", display: str = "", color: str = "") -> Field:
+    field = {"field_name": name, "type": kind}
+    if display:
+        field["displayName"] = display
+    if color:
+        field["color"] = color
+    return field
+
+
+def _n(name: str, display: str, color: str = "") -> Field:
+    return _f(name, "number", display, color)
+
+
+_NODE_HEAD = [_f("id"), _f("title"), _f("subTitle")]
+_NODE_DETAILS = [
+    _f("detail__kind", display="Kind"),
+    _f("detail__namespace", display="Namespace"),
+    _f("detail__workload", display="Workload"),
+    _f("detail__addresses", display="Addresses (a few)"),
+    _f("detail__ports", display="Ports served"),
+    _f("detail__organisation", display="Organisation"),
+    _f("detail__country", display="Country"),
+    _f("detail__source", display="Graph source"),
+    _f("color"),
+]
+_EDGE_HEAD = [_f("id"), _f("source"), _f("target")]
+_EDGE_TAIL = [
+    _n("thickness", "Thickness"),
+    _f("color"),
+    _f("detail__ports", display="Server ports"),
+    _n("detail__connections", "Connections (window)"),
+    _n("detail__sent_bytes", "Sent bytes (window)"),
+    _n("detail__received_bytes", "Received bytes (window)"),
+]
+
+NODE_FIELDS: dict[str, list[Field]] = {
+    "connection": [
+        *_NODE_HEAD,
+        _n("mainStat", "Connections in /s"),
+        _n("secondaryStat", "Failed in %"),
+        _n("arc__ok", "Ended well (FIN or open)", "green"),
+        _n("arc__reset", "Reset", "orange"),
+        _n("arc__failed", "Failed (refused, unanswered)", "red"),
+        _n("arc__none", "No connections in", "#8e8e8e"),
+        _n("detail__connections_in", "Connections in (window)"),
+        _n("detail__reset_in", "Reset in (window)"),
+        _n("detail__failed_in", "Failed in (window)"),
+        *_NODE_DETAILS,
+    ],
+    "bytes": [
+        *_NODE_HEAD,
+        _n("mainStat", "Received B/s"),
+        _n("secondaryStat", "Answered B/s"),
+        _n("arc__received", "Received from clients", "blue"),
+        _n("arc__answered", "Answered to clients", "purple"),
+        _n("arc__none", "No bytes in", "#8e8e8e"),
+        _n("detail__received_bytes", "Received bytes (window)"),
+        _n("detail__answered_bytes", "Answered bytes (window)"),
+        *_NODE_DETAILS,
+    ],
+    "duration": [
+        *_NODE_HEAD,
+        _n("mainStat", "Avg duration s"),
+        _n("secondaryStat", "p95 duration s"),
+        _n("arc__short", "Ended in < 1 s", "green"),
+        _n("arc__medium", "Ended in 1 s - 1 min", "yellow"),
+        _n("arc__long", "Ended after > 1 min", "purple"),
+        _n("arc__none", "No connection ended", "#8e8e8e"),
+        _n("detail__ended", "Connections ended (window)"),
+        _n("detail__handshake_ms", "Avg handshake ms"),
+        *_NODE_DETAILS,
+    ],
+}
+EDGE_FIELDS: dict[str, list[Field]] = {
+    "connection": [
+        *_EDGE_HEAD,
+        _n("mainStat", "Connections /s"),
+        _n("secondaryStat", "Failed %"),
+        _n("detail__failed", "Failed (window)"),
+        _n("detail__reset", "Reset (window)"),
+        *_EDGE_TAIL,
+    ],
+    "bytes": [
+        *_EDGE_HEAD,
+        _n("mainStat", "Sent B/s"),
+        _n("secondaryStat", "Received B/s"),
+        *_EDGE_TAIL,
+    ],
+    "duration": [
+        *_EDGE_HEAD,
+        _n("mainStat", "Avg duration s"),
+        _n("secondaryStat", "Avg handshake ms"),
+        _n("detail__p95_duration_s", "p95 duration s"),
+        _n("detail__ended", "Connections ended (window)"),
+        *_EDGE_TAIL,
+    ],
+}
+
+
+def fields_for(stats_type: str) -> Fields:
+    """The field declarations of one view (``/api/graph/fields``)."""
+    return {"edges_fields": EDGE_FIELDS[stats_type], "nodes_fields": NODE_FIELDS[stats_type]}
+
+
+# ---------------------------------------------------------------- grouping
+class _Node:
+    __slots__ = ("addresses", "countries", "end", "id", "incoming", "ports", "sub", "title")
+
+    def __init__(self, node_id: str, title: str, sub: str, end: End) -> None:
+        self.id = node_id
+        self.title = title or UNKNOWN
+        self.sub = sub
+        self.end = end
+        self.incoming: list[list[float]] = []
+        self.addresses: set[str] = set()
+        self.ports: set[str] = set()
+        self.countries: set[str] = set()
+
+
+def _group(level: str, e: End) -> tuple[str, str, str, End]:
+    """(id, title, subTitle, the end as shown) of an end at ``level``."""
+    kind, ns, wl, name = e
+    if level == "namespace" and ns:
+        return f"namespace:{ns}", ns, "namespace", End("namespace", ns, "", ns)
+    if level == "pod" and kind == "pod":
+        return f"pod:{ns}/{name}", name, ns or kind, e
+    title = wl or UNKNOWN
+    return f"{kind}:{ns}/{title}", title, ns or kind, End(kind, ns, title, title)
+
+
+def _matcher(q: GraphQuery) -> Callable[[End, End, Detail, Detail], bool] | None:
+    ns, inc, exc = q.namespace, q.include, q.exclude
+    if ns is None and inc is None and exc is None:
+        return None
+
+    def texts(e: End, addrs: Detail) -> list[str]:
+        return [e.name, e.workload, e.namespace, *addrs]
+
+    def search(p: re.Pattern[str], e: End, addrs: Detail) -> bool:
+        return any(p.search(t) for t in texts(e, addrs) if t)
+
+    def keep(s: End, d: End, sa: Detail, da: Detail) -> bool:
+        if ns is not None and not (ns.fullmatch(s.namespace) or ns.fullmatch(d.namespace)):
+            return False
+        if inc is not None and not (search(inc, s, sa) or search(inc, d, da)):
+            return False
+        return not (exc is not None and (search(exc, s, sa) or search(exc, d, da)))
+
+    return keep
+
+
+def _r(x: float | None) -> float | None:
+    """A number for JSON: integral values as ints, others to 6 decimals; ``None`` if not finite."""
+    if x is None or not -1e300 < x < 1e300:
+        return None
+    i = int(x)
+    return i if i == x else round(x, 6)
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else 0.0
+
+
+def _health_color(failed_share: float) -> str:
+    if failed_share <= 0:
+        return GREEN
+    if failed_share < 0.05:
+        return YELLOW
+    if failed_share < 0.25:
+        return ORANGE
+    return RED
+
+
+def _joined(values: set[str] | Detail) -> str:
+    return ", ".join(sorted(values))
+
+
+# ---------------------------------------------------------------- the views
+def _arcs_connection(v: list[float]) -> dict[str, float]:
+    total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
+    if total <= 0:
+        return {"arc__ok": 0, "arc__reset": 0, "arc__failed": 0, "arc__none": 1}
+    failed, reset = v[FAILED] / total, v[RESET] / total
+    return {
+        "arc__ok": max(0.0, 1 - failed - reset),
+        "arc__reset": reset,
+        "arc__failed": failed,
+        "arc__none": 0,
+    }
+
+
+def _arcs_bytes(v: list[float]) -> dict[str, float]:
+    total = v[SENT] + v[RECEIVED]
+    if total <= 0:
+        return {"arc__received": 0, "arc__answered": 0, "arc__none": 1}
+    return {
+        "arc__received": v[SENT] / total,
+        "arc__answered": max(0.0, 1 - v[SENT] / total),
+        "arc__none": 0,
+    }
+
+
+def _arcs_duration(v: list[float]) -> dict[str, float]:
+    total = ended(v)
+    if total <= 0:
+        return {"arc__short": 0, "arc__medium": 0, "arc__long": 0, "arc__none": 1}
+    short = sum(v[BUCKETS0:_SHORT_END]) / total
+    medium = sum(v[_SHORT_END:_MEDIUM_END]) / total
+    return {
+        "arc__short": short,
+        "arc__medium": medium,
+        "arc__long": max(0.0, 1 - short - medium),
+        "arc__none": 0,
+    }
+
+
+def _node_row(stats_type: str, n: _Node, seconds: float, source: str) -> Row:
+    ins = n.incoming
+    v = ins[0] if len(ins) == 1 else [sum(c) for c in zip(*ins, strict=True)] if ins else _NOTHING
+    kind, ns, wl, _ = n.end
+    row: Row = {"id": n.id, "title": n.title, "subTitle": n.sub}
+    if stats_type == "connection":
+        total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
+        row["mainStat"] = _r(v[CONNECTIONS] / seconds)
+        row["secondaryStat"] = _r(100 * _share(v[FAILED], total))
+        row.update(_arcs_connection(v))
+        row["detail__connections_in"] = _r(v[CONNECTIONS])
+        row["detail__reset_in"] = _r(v[RESET])
+        row["detail__failed_in"] = _r(v[FAILED])
+        color = _health_color(_share(v[FAILED], total)) if total else KIND_COLORS.get(kind, GREY)
+    elif stats_type == "bytes":
+        row["mainStat"] = _r(v[SENT] / seconds)
+        row["secondaryStat"] = _r(v[RECEIVED] / seconds)
+        row.update(_arcs_bytes(v))
+        row["detail__received_bytes"] = _r(v[SENT])
+        row["detail__answered_bytes"] = _r(v[RECEIVED])
+        color = KIND_COLORS.get(kind, GREY)
+    else:
+        count = ended(v)
+        row["mainStat"] = _r(v[DURATION_SUM] / count) if count else None
+        row["secondaryStat"] = _r(quantile(0.95, v))
+        row.update(_arcs_duration(v))
+        row["detail__ended"] = _r(count)
+        row["detail__handshake_ms"] = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
+        color = KIND_COLORS.get(kind, GREY)
+    row["detail__kind"] = kind
+    row["detail__namespace"] = ns
+    row["detail__workload"] = wl
+    row["detail__addresses"] = _joined(n.addresses)
+    row["detail__ports"] = _joined(n.ports)
+    row["detail__organisation"] = wl if kind == "external" else ""
+    row["detail__country"] = _joined(n.countries)
+    row["detail__source"] = source
+    row["color"] = color
+    return row
+
+
+def _weight(stats_type: str) -> Callable[[list[float]], float]:
+    """What an edge's thickness follows in a view."""
+    if stats_type == "connection":
+        return lambda v: v[CONNECTIONS]
+    if stats_type == "bytes":
+        return lambda v: v[SENT] + v[RECEIVED]
+    return ended
+
+
+def _ports_text(ports: Detail) -> str:
+    return ", ".join(sorted(ports)) if len(ports) > 1 else "".join(ports)
+
+
+def _edge_connection(v: list[float], ports: Detail, rate: float, thick: float) -> tuple[Any, ...]:
+    total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
+    failed = v[FAILED] / total if total > 0 else 0.0
+    return (
+        round(v[CONNECTIONS] * rate, 6), round(100 * failed, 4), v[FAILED], v[RESET],
+        thick, _health_color(failed), _ports_text(ports), v[CONNECTIONS], v[SENT], v[RECEIVED],
+    )  # fmt: skip
+
+
+def _edge_bytes(v: list[float], ports: Detail, rate: float, thick: float) -> tuple[Any, ...]:
+    return (
+        round(v[SENT] * rate, 3), round(v[RECEIVED] * rate, 3),
+        thick, BLUE, _ports_text(ports), v[CONNECTIONS], v[SENT], v[RECEIVED],
+    )  # fmt: skip
+
+
+def _edge_duration(v: list[float], ports: Detail, rate: float, thick: float) -> tuple[Any, ...]:
+    count = ended(v)
+    return (
+        _r(v[DURATION_SUM] / count) if count else None,
+        _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None,
+        _r(quantile(0.95, v)),
+        count,
+        thick, PURPLE, _ports_text(ports), v[CONNECTIONS], v[SENT], v[RECEIVED],
+    )  # fmt: skip
+
+
+#: per view: an edge's values after ``id``, ``source``, ``target``, in field order
+#: (the colour and the ports text are the 5th and 4th from the end)
+_EDGE_VALUES: dict[str, Callable[[list[float], Detail, float, float], tuple[Any, ...]]] = {
+    "connection": _edge_connection,
+    "bytes": _edge_bytes,
+    "duration": _edge_duration,
+}
+
+
+EdgeValues = tuple[_Node, _Node, tuple[Any, ...]]
+
+
+def _layout(edges: EdgeSet, query: GraphQuery, source: str) -> tuple[list[Row], list[EdgeValues]]:
+    """The node rows, and each edge's ends and values (see :data:`_EDGE_VALUES`)."""
+    keep = _matcher(query)
+    level, stats_type = query.level, query.stats_type
+    seconds = max(query.seconds, 1e-9)
+    nodes: dict[str, _Node] = {}
+    by_end: dict[End, _Node] = {}
+    links: dict[tuple[_Node, _Node], tuple[list[float], Detail]] = {}
+
+    def node(e: End) -> _Node:
+        g = _group(level, e)
+        n = nodes.get(g[0])
+        if n is None:
+            n = nodes[g[0]] = _Node(*g)
+        by_end[e] = n
+        return n
+
+    get = by_end.get
+    for (s, d), st in edges.edges.items():
+        if keep is not None and not keep(s, d, st.src_addresses, st.dst_addresses):
+            continue
+        a = get(s) or node(s)
+        b = get(d) or node(d)
+        v = st.values
+        b.incoming.append(v)  # summed once per node below
+        if st.dst_addresses and len(b.addresses) < 4:
+            b.addresses.update(st.dst_addresses)
+        if st.src_addresses and len(a.addresses) < 4:
+            a.addresses.update(st.src_addresses)
+        if st.ports and len(b.ports) < 8:
+            b.ports.update(st.ports)
+        if st.dst_countries:
+            b.countries.update(st.dst_countries)
+        if st.src_countries:
+            a.countries.update(st.src_countries)
+        link = links.get((a, b))
+        if link is None:
+            links[(a, b)] = (v, st.ports)
+        else:
+            ports = link[1] if len(link[1]) >= 8 or not st.ports else link[1] | st.ports
+            links[(a, b)] = (list(map(add, link[0], v)), ports)
+
+    node_rows = [_node_row(stats_type, nodes[k], seconds, source) for k in sorted(nodes)]
+    weight = _weight(stats_type)
+    top = max((weight(v) for v, _ in links.values()), default=0.0)
+    scale = 7 / math.sqrt(top) if top > 0 else 0.0
+    rate = 1 / seconds
+    sqrt = math.sqrt
+    values_of = _EDGE_VALUES[stats_type]
+    edge_values = [
+        (a, b, values_of(v, ports, rate, round(1 + scale * sqrt(weight(v)), 2)))
+        for (a, b), (v, ports) in links.items()
+    ]
+    return node_rows, edge_values
+
+
+def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fields, Data]:
+    """Fields and data of ``query``'s view over ``edges`` (already limited to its window)."""
+    node_rows, edge_values = _layout(edges, query, source)
+    names = [f["field_name"] for f in EDGE_FIELDS[query.stats_type]]
+    edge_rows = [
+        dict(zip(names, (f"{a.id}->{b.id}", a.id, b.id, *vals), strict=True))
+        for a, b, vals in edge_values
+    ]
+    return fields_for(query.stats_type), {"nodes": node_rows, "edges": edge_rows}
+
+
+def _templates() -> dict[str, str]:
+    """Per view, the JSON text of one edge row with a ``%s`` per field."""
+    return {
+        view: "{" + ",".join(f'"{f["field_name"]}":%s' for f in fields) + "}"
+        for view, fields in EDGE_FIELDS.items()
+    }
+
+
+_EDGE_TEMPLATES = _templates()
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def graph_json(edges: EdgeSet, query: GraphQuery, source: str, detail: Any) -> bytes:
+    """The data answer as JSON bytes, equal to ``json.dumps`` of :func:`build_graph`'s data.
+
+    The edge rows (most of an answer) are written from a per-view template
+    instead of being built as dicts and serialised; ``tests/test_nodegraph_api``
+    holds the two equal. Numbers are written as ``json`` writes them (``repr``),
+    ``None`` as ``null``, strings escaped by ``json``.
+    """
+    node_rows, edge_values = _layout(edges, query, source)
+    template = _EDGE_TEMPLATES[query.stats_type]
+    # JSON text of every node id, colour and ports text, escaped once each
+    quoted = {n.id: _dumps(n.id) for n in {x for a, b, _ in edge_values for x in (a, b)}}
+    texts: dict[str, str] = {}
+    get = texts.get
+    nullable = query.stats_type == "duration"
+    parts: list[str] = []
+    append = parts.append
+    for a, b, vals in edge_values:
+        qa, qb = quoted[a.id], quoted[b.id]
+        color, ports = vals[-5], vals[-4]
+        tail = (
+            *vals[:-5],
+            get(color) or texts.setdefault(color, _dumps(color)),
+            get(ports) or texts.setdefault(ports, _dumps(ports)),
+            *vals[-3:],
+        )
+        if nullable:
+            tail = tuple("null" if x is None else x for x in tail)
+        append(template % (qa[:-1] + "->" + qb[1:], qa, qb, *tail))
+    return (
+        '{"nodes":'
+        + _dumps(node_rows)
+        + ',"edges":['
+        + ",".join(parts)
+        + '],"detail":'
+        + _dumps(detail)
+        + "}"
+    ).encode()
+
+
+def fields_markdown() -> str:
+    """The field tables of docs/nodegraph.md (``python -m k8spacket.nodegraph.build``)."""
+    out = []
+    for frame, table in (("nodes", NODE_FIELDS), ("edges", EDGE_FIELDS)):
+        names: list[str] = []
+        for view in STATS_TYPES:
+            names += [f["field_name"] for f in table[view] if f["field_name"] not in names]
+        out.append(f"**{frame}**\n")
+        out.append("| field | type | " + " | ".join(f"`{v}`" for v in STATS_TYPES) + " |")
+        out.append("|---|---|" + "---|" * len(STATS_TYPES))
+        for name in names:
+            cells, kind = [], ""
+            for view in STATS_TYPES:
+                f = next((f for f in table[view] if f["field_name"] == name), None)
+                if f is None:
+                    cells.append("")
+                    continue
+                kind = f["type"]
+                text = f.get("displayName", "")
+                if f.get("color"):
+                    text += f" ({f['color']})"
+                cells.append(text or "✓")
+            out.append(f"| `{name}` | {kind} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(fields_markdown(), end="")
