@@ -23,6 +23,7 @@ scrape configs add. Then:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -184,7 +185,7 @@ class Lab:
 def substitute(text: str, lab: Lab, start: float | None = None, **values: str) -> str:
     """Grafana's variable substitution for a time range from ``start`` to ``lab.t1``."""
     start = lab.t0 if start is None else start
-    range_s = round(lab.t1 - start)
+    range_s = math.ceil(lab.t1 - start)  # the window starts at or before `start`
     variables = {
         "__rate_interval": RATE_INTERVAL,
         "__interval": "1s",
@@ -426,7 +427,7 @@ def prom_graph(lab: Lab, panel: dict[str, Any], start: float | None = None, **va
 
 @pytest.mark.timeout(120)
 def test_prometheus_only_topology_is_the_traffic_the_pods_made(lab: Lab) -> None:
-    range_s = round(lab.t1 - lab.t0)
+    range_s = math.ceil(lab.t1 - lab.t0)
     graphs = [p for p in dashboards()["topology-prometheus"]["panels"] if p["type"] == "nodeGraph"]
     stat_of = {
         "k8spacket_tcp_sent_bytes_total": "sent",
@@ -458,7 +459,7 @@ def test_prometheus_only_topology_is_the_traffic_the_pods_made(lab: Lab) -> None
         assert prom_graph(lab, panel, namespace="other").edges == []
         assert set(prom_graph(lab, panel, workload="web").nodes) == {WEB, CART}
         # a window starting after the first batch: the change inside it, not the totals
-        late_s = round(lab.t1 - lab.t_mid)
+        late_s = math.ceil(lab.t1 - lab.t_mid)
         late = prom_graph(lab, panel, start=lab.t_mid)
         got_late = {(e["source"], e["target"]): e["mainstat"] * late_s for e in late.edges}
         want_late = {pair: t[stat] for pair, t in lab.truth_late.items()}
@@ -557,7 +558,7 @@ def test_prometheus_only_topology_equals_the_api(lab: Lab) -> None:
         if p["type"] == "nodeGraph" and "sent_bytes" in p["targets"][1]["expr"]
     ]
     prom = prom_graph(lab, panel)
-    range_s = round(lab.t1 - lab.t0)
+    range_s = math.ceil(lab.t1 - lab.t0)
     assert set(prom.nodes) == set(api.nodes)
     for nid, node in prom.nodes.items():
         want = api.nodes[nid]
