@@ -22,7 +22,6 @@ scrape configs add. Then:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -46,9 +45,6 @@ RATE_INTERVAL = "4s"  # Grafana: max(4 x scrape interval, step + scrape interval
 NOT_IN_THE_LAB = {
     "k8spacket_k8s_watch_events_total": "the lab runs without Kubernetes (kubernetes.enabled: false)",
     "k8spacket_enrichment_lookups_total": "external naming needs public addresses (the lab has none)",
-    "k8spacket_records_not_reported_total": "exactly-once counters (the tracker issue)",
-    "k8spacket_publish_dropped_total": "publisher counters (the sturdy-agent issue)",
-    "k8spacket_thread_restarts_total": "supervision counters (the sturdy-agent issue)",
 }
 INVENTORY = """\
 endpoints:
@@ -470,14 +466,6 @@ def test_prometheus_only_topology_is_the_traffic_the_pods_made(lab: Lab) -> None
 
 
 # ------------------------------------------------- the Node Graph API and Infinity panels
-#: the graph endpoints come with the Node Graph API issue (11); until its code is on the
-#: branch these three tests have nothing to ask (they run as soon as it is)
-needs_graph_api = pytest.mark.skipif(
-    importlib.util.find_spec("k8spacket.nodegraph.api") is None,
-    reason="the Node Graph API (issue 11) is not merged yet",
-)
-
-
 def api_query(dash: str) -> str:
     """The query string the dashboard's graph panel sends (the same for every target)."""
     (query,) = {
@@ -529,7 +517,6 @@ def get_json(lab: Lab, path: str) -> Any:
     return json.loads(body)
 
 
-@needs_graph_api
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("prefix", ["", "/nodegraph"])
 def test_node_graph_api_panel_queries_answer_with_the_graph(lab: Lab, prefix: str) -> None:
@@ -546,7 +533,6 @@ def test_node_graph_api_panel_queries_answer_with_the_graph(lab: Lab, prefix: st
                 assert all(n["title"] for n in graph.nodes.values()), q
 
 
-@needs_graph_api
 @pytest.mark.timeout(120)
 def test_infinity_panel_queries_answer_with_the_graph(lab: Lab) -> None:
     query = api_query("topology-infinity")
@@ -556,7 +542,6 @@ def test_infinity_panel_queries_answer_with_the_graph(lab: Lab) -> None:
         assert graph.nodes and graph.edges, q
 
 
-@needs_graph_api
 @pytest.mark.timeout(120)
 def test_prometheus_only_topology_equals_the_api(lab: Lab) -> None:
     """Same window, same traffic: the same node ids, titles, subtitles, colours, pairs and bytes."""
