@@ -288,6 +288,25 @@ def test_every_pair_of_the_plan_in_the_metrics_with_bytes(demo: DemoRun) -> None
     assert all(v == 0 for v in s["drops"].values()), s["drops"]
 
 
+@pytest.mark.netns
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_each_connection_counted_once(demo: DemoRun) -> None:
+    """The agents' counts never exceed what the generator attempted (exactly-once across
+    nodes and veths) and miss little (only what was still in flight at the end)."""
+    s = _summary(demo)
+    for client, server, port in pairs(FLOWS):
+        flows = [t for t in s["traffic"] if (t["client"], t["server"], t["port"]) ==
+                 (client, server, port)]  # fmt: skip
+        attempts = sum(int(t["attempts"]) for t in flows)
+        m = _pair(s, client, server, port)["metrics"]
+        seen = sum(m["connections"].values())
+        assert 0.75 * attempts - 2 <= seen <= attempts, (client, server, port, seen, flows)
+        resets = sum(int(t["reset"]) for t in flows)
+        rst = m["closed"].get("rst", 0) - m["connections"].get("refused", 0)
+        assert rst <= resets, (client, server, port, m, flows)
+
+
 def _graph(s: dict[str, Any], stats: str) -> dict[str, Any]:
     prom = s["graph"].get(f"prometheus/{stats}") or {}
     if prom.get("edges"):

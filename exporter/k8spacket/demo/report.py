@@ -16,6 +16,7 @@ endpoints would see:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,13 +133,17 @@ def summary(
     ep: Endpoints,
     facts: GeoFacts,
     *,
-    traffic: list[dict[str, object]],
+    traffic: Callable[[], list[dict[str, object]]],
     batch_cycles: int,
     elapsed: float,
     answers: dict[str, Any],
     flows: tuple[Flow, ...] = FLOWS,
 ) -> dict[str, Any]:
-    """The ``--summary`` document (docs/demo.md, "Options")."""
+    """The ``--summary`` document (docs/demo.md, "Options").
+
+    ``traffic`` (what the generator did) is read after the agents' metrics, so
+    every connection an agent counted was already attempted when it is read.
+    """
     scrapes = ep.scrapes()
     edges = observe.edges_from_metrics(scrapes)
     inet = [r for r in ep.records() if r.get("dst") == topo.internet_ip]
@@ -184,7 +189,7 @@ def summary(
         },
         "pairs": plan_pairs,
         "edges": [e.as_dict() for e in edges],
-        "traffic": traffic,
+        "traffic": traffic(),
         "batch_cycles": batch_cycles,
         "drops": observe.drops(scrapes),
         "not_reported": sum(s.total("k8spacket_records_not_reported_total") for s in scrapes),

@@ -223,6 +223,11 @@ class Demo:
             "kubernetes": {"enabled": "false", "nodeName": self.topo.node_name(node)},
             "enrichment": {"geoip": {"dbPath": self.facts.city_db, "asnDBPath": self.facts.asn_db}},
             "metrics": {"labels": ["dst_country"]},
+            # 5 s buckets for a demo that lasts a minute; the agents source asks both agents
+            "graph": {
+                "bucket": "5s",
+                "peers": [f"{self.topo.node_ip(n)}:{AGENT_PORT}" for n in self.topo.nodes],
+            },
             **({"http": http} if http else {}),
         }
 
@@ -378,7 +383,7 @@ class Demo:
         since = self.traffic_started - 2
         answers = report.graph_answers(ep, since, time.time() + 1)
         if self.opts.summary is not None:
-            doc = report.summary(self.topo, ep, self.facts, traffic=self.traffic.stats(),
+            doc = report.summary(self.topo, ep, self.facts, traffic=self.traffic.stats,
                                  batch_cycles=self.batch_cycles,
                                  elapsed=time.monotonic() - self.started, answers=answers)  # fmt: skip
             self.opts.summary.write_text(json.dumps(doc, indent=1) + "\n")
