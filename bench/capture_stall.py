@@ -21,8 +21,9 @@ and records the time of every ring drain (a wrapper around the reader's
   floor this machine gives (other processes share its cores);
 * **before**: records are named, stored and counted on the capture thread
   (the tracker's sink does it at once, as the agent did before the publisher
-  thread), the tracker's timer sweeps the whole table in one call, and the
-  scrape is ``generate_latest`` (text 0.0.4, no negotiation);
+  thread), the tracker's timer sweeps the whole table in one call, the
+  garbage collector is left as it is, and the scrape is ``generate_latest``
+  (text 0.0.4, no negotiation);
 * **after**: the agent as built now (its own record path), and the scrape is
   what Prometheus 2.42 gets: :meth:`ScrapeRegistry.scrape` with its ``Accept``
   header and gzip.
@@ -162,6 +163,7 @@ def run_design(design: str, connections: int, seconds: float, port: int) -> dict
             agent.traffic.record(rec)
 
         agent.tracker.sink = publish_now
+        agent._gc_loop = lambda: None  # type: ignore[method-assign]  # no gc.freeze() then
         scrape: Callable[[], bytes] = lambda: generate_latest(agent.registry)  # noqa: E731
     else:
         scrape = lambda: agent.registry.scrape(PROMETHEUS_2_ACCEPT, "gzip")[0]  # noqa: E731

@@ -43,7 +43,8 @@ SCENARIOS: dict[str, Path | None] = {
 RELEASE, NAMESPACE = "k8spacket", "k8spacket"
 CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 #: settings of the agent's tree the chart sets itself (not under ``config:``)
-CHART_MANAGED = {"kubernetes.kubeconfig", "kubernetes.nodeName", "inventory.path"}
+CHART_MANAGED = {"kubernetes.kubeconfig", "kubernetes.nodeName", "inventory.path",
+                 "graph.peerNamespace"}  # fmt: skip
 #: values keys accepted for compatibility with the seed and used by no template
 COMPAT_ONLY = {
     "replicaCount",
@@ -52,7 +53,8 @@ COMPAT_ONLY = {
 }
 #: container env vars that are not agent settings: expanded by Kubernetes into args
 ARG_ONLY_ENV = {"HOST_IP"}
-FAKE_DOWNWARD = {"spec.nodeName": "node-a", "status.hostIP": "10.0.0.7"}
+FAKE_DOWNWARD = {"spec.nodeName": "node-a", "status.hostIP": "10.0.0.7",
+                 "metadata.namespace": NAMESPACE}  # fmt: skip
 
 
 # ----------------------------------------------------------------- helm plumbing
@@ -249,7 +251,8 @@ def test_daemonset_runs_on_every_node_in_the_host_network(helm: Helm) -> None:
     assert not any("chart" in k or "version" in k for k in ds["spec"]["selector"]["matchLabels"])
     c = agent_container(helm.render())
     env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c["env"]}
-    assert env == {"NODE_NAME": "spec.nodeName", "HOST_IP": "status.hostIP"}
+    assert env == {"NODE_NAME": "spec.nodeName", "HOST_IP": "status.hostIP",
+                   "POD_NAMESPACE": "metadata.namespace"}  # fmt: skip
     assert "--listen=$(HOST_IP):6676" in c["args"]
     assert "priorityClassName" not in spec
     sm = one(helm.render(CHART / "ci/servicemonitor-values.yaml"), "DaemonSet")
@@ -368,6 +371,18 @@ SEED_MEANINGS = [
 ]
 
 
+def chart_only(d: dict[str, Any], rendered: bool = True) -> dict[str, Any]:
+    """Settings as a dict without what the chart takes from the pod (checked here):
+    the listening host, the node name, the graph's peer selector and namespace."""
+    host, node = d["http"].pop("host"), d["kubernetes"].pop("node_name")
+    selector, namespace = d["graph"].pop("peer_selector"), d["graph"].pop("peer_namespace")
+    if rendered:
+        assert (host, node) == (FAKE_DOWNWARD["status.hostIP"], FAKE_DOWNWARD["spec.nodeName"])
+        assert selector == f"app.kubernetes.io/name=k8spacket,app.kubernetes.io/instance={RELEASE}"
+        assert namespace == NAMESPACE
+    return d
+
+
 def _attr(settings: Settings, dotted: str) -> Any:
     obj: Any = settings
     for part in dotted.split("."):
@@ -388,23 +403,25 @@ def test_seed_values_mean_the_same_through_the_chart(helm: Helm, tmp_path: Path)
         == seed["k8sPacket.tcp.listener.interfaces.command"]
     )
     assert through_chart.tracker.close_older_than == 20.0
-    # and nothing else differs, except where the chart listens (the node's address)
-    a, b = as_dict(through_chart), as_dict(direct)
-    assert a["http"].pop("host") == FAKE_DOWNWARD["status.hostIP"]
-    b["http"].pop("host")
-    a["kubernetes"].pop("node_name")
-    b["kubernetes"].pop("node_name")
-    assert a == b
+    # and nothing else differs, except what the chart knows about the pod
+    assert chart_only(as_dict(through_chart)) == chart_only(as_dict(direct), rendered=False)
 
 
 def test_chart_defaults_are_the_agent_defaults(helm: Helm, tmp_path: Path) -> None:
-    a = as_dict(agent_settings(helm.render(), tmp_path))
-    b = as_dict(Settings())
-    assert a["http"].pop("host") == FAKE_DOWNWARD["status.hostIP"]
-    b["http"].pop("host")
-    a["kubernetes"].pop("node_name")
-    b["kubernetes"].pop("node_name")
-    assert a == b
+    assert chart_only(as_dict(agent_settings(helm.render(), tmp_path))) == chart_only(
+        as_dict(Settings()), rendered=False
+    )
+
+
+def test_graph_peers_are_this_releases_pods(helm: Helm, tmp_path: Path) -> None:
+    docs = helm.render(None, "nameOverride=pkt")
+    settings = agent_settings(docs, tmp_path)
+    labels = one(docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    wanted = dict(term.split("=") for term in settings.graph.peer_selector.split(","))
+    assert wanted == {"app.kubernetes.io/name": "pkt", "app.kubernetes.io/instance": RELEASE}
+    assert wanted.items() <= labels.items()
+    assert settings.graph.peer_namespace == NAMESPACE
+    assert settings.http.graph_source == "auto"
 
 
 def test_config_tree_is_the_agents_tree() -> None:

@@ -42,10 +42,11 @@ def test_the_seed_values_file_is_accepted(tmp_path: Path) -> None:
     [
         ("tracker:\n  forgetAfter: 1h\n", 3600.0, ""),
         ("tracker:\n  closeOlderThan: 30s\n  forgetAfter: 30s\n", 30.0, ""),
-        ("tracker:\n  forgetAfter: 5s\n", 0.0, "tracker.forgetAfter: must be at least"),
-        ("tracker:\n  closeOlderThan: 30m\n", 0.0, ""),  # the default follows a long timeout
+        ("tracker:\n  forgetAfter: 5s\n", 20.0, ""),  # raised to closeOlderThan: the old rule
+        ("tracker:\n  closeOlderThan: 30m\n", 0.0, ""),  # 0: the tracker takes the longer
+        ("tracker:\n  forgetAfter: never\n", 0.0, "tracker.forgetAfter: not a duration"),
     ],
-    ids=["hour", "old-rule-equal", "shorter-than-idle", "long-idle-timeout"],
+    ids=["hour", "old-rule-equal", "shorter-than-idle", "long-idle-timeout", "not-a-duration"],
 )
 def test_forget_after(tmp_path: Path, text: str, forget: float, error: str) -> None:
     if error:

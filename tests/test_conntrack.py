@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 
 import pytest
 
+from conftest import require, require_tool
 from k8spacket.capture.conntrack import (
     CTA_STATUS,
     CTA_TUPLE_ORIG,
@@ -68,3 +72,36 @@ def test_a_client_without_permission_turns_itself_off(monkeypatch: pytest.Monkey
     monkeypatch.setattr(client, "get", refuse)
     assert client.original_destination("10.0.0.1", 1, "10.0.0.2", 2) is None
     assert not client.enabled
+
+
+CHECK = """
+import logging, sys
+logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(message)s")
+from k8spacket.capture.conntrack import ConntrackClient
+from k8spacket.agent import build_conntrack
+from k8spacket.config import ConfigError, load_settings
+c = ConntrackClient()
+print("answer", c.original_destination("10.0.0.1", 1, "10.0.0.2", 2), c.enabled)
+try:
+    build_conntrack(load_settings(sets=["capture.conntrack=true"]))
+except ConfigError as e:
+    print("error", e)
+"""
+
+
+def test_without_cap_net_admin_one_warning_and_off_or_a_startup_error() -> None:
+    """The real kernel refuses NFNETLINK without CAP_NET_ADMIN (dropped with setpriv)."""
+    require(os.geteuid() == 0, "needs root to drop a capability")
+    setpriv = require_tool("setpriv")
+    r = subprocess.run(
+        [setpriv, "--inh-caps=-net_admin", "--bounding-set=-net_admin", sys.executable, "-c",
+         CHECK],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    lines = r.stdout.splitlines()
+    assert sum("need CAP_NET_ADMIN" in line for line in lines) == 1, r.stdout
+    assert "answer None False" in lines, r.stdout
+    assert any(
+        line.startswith("error capture.conntrack: true, but conntrack cannot be read")
+        for line in lines
+    ), r.stdout

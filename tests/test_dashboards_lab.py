@@ -22,8 +22,8 @@ scrape configs add. Then:
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import math
 import os
 import re
 import signal
@@ -46,9 +46,6 @@ RATE_INTERVAL = "4s"  # Grafana: max(4 x scrape interval, step + scrape interval
 NOT_IN_THE_LAB = {
     "k8spacket_k8s_watch_events_total": "the lab runs without Kubernetes (kubernetes.enabled: false)",
     "k8spacket_enrichment_lookups_total": "external naming needs public addresses (the lab has none)",
-    "k8spacket_records_not_reported_total": "exactly-once counters (the tracker issue)",
-    "k8spacket_publish_dropped_total": "publisher counters (the sturdy-agent issue)",
-    "k8spacket_thread_restarts_total": "supervision counters (the sturdy-agent issue)",
 }
 INVENTORY = """\
 endpoints:
@@ -188,7 +185,7 @@ class Lab:
 def substitute(text: str, lab: Lab, start: float | None = None, **values: str) -> str:
     """Grafana's variable substitution for a time range from ``start`` to ``lab.t1``."""
     start = lab.t0 if start is None else start
-    range_s = round(lab.t1 - start)
+    range_s = math.ceil(lab.t1 - start)  # the window starts at or before `start`
     variables = {
         "__rate_interval": RATE_INTERVAL,
         "__interval": "1s",
@@ -430,7 +427,7 @@ def prom_graph(lab: Lab, panel: dict[str, Any], start: float | None = None, **va
 
 @pytest.mark.timeout(120)
 def test_prometheus_only_topology_is_the_traffic_the_pods_made(lab: Lab) -> None:
-    range_s = round(lab.t1 - lab.t0)
+    range_s = math.ceil(lab.t1 - lab.t0)
     graphs = [p for p in dashboards()["topology-prometheus"]["panels"] if p["type"] == "nodeGraph"]
     stat_of = {
         "k8spacket_tcp_sent_bytes_total": "sent",
@@ -462,7 +459,7 @@ def test_prometheus_only_topology_is_the_traffic_the_pods_made(lab: Lab) -> None
         assert prom_graph(lab, panel, namespace="other").edges == []
         assert set(prom_graph(lab, panel, workload="web").nodes) == {WEB, CART}
         # a window starting after the first batch: the change inside it, not the totals
-        late_s = round(lab.t1 - lab.t_mid)
+        late_s = math.ceil(lab.t1 - lab.t_mid)
         late = prom_graph(lab, panel, start=lab.t_mid)
         got_late = {(e["source"], e["target"]): e["mainstat"] * late_s for e in late.edges}
         want_late = {pair: t[stat] for pair, t in lab.truth_late.items()}
@@ -470,14 +467,6 @@ def test_prometheus_only_topology_is_the_traffic_the_pods_made(lab: Lab) -> None
 
 
 # ------------------------------------------------- the Node Graph API and Infinity panels
-#: the graph endpoints come with the Node Graph API issue (11); until its code is on the
-#: branch these three tests have nothing to ask (they run as soon as it is)
-needs_graph_api = pytest.mark.skipif(
-    importlib.util.find_spec("k8spacket.nodegraph.api") is None,
-    reason="the Node Graph API (issue 11) is not merged yet",
-)
-
-
 def api_query(dash: str) -> str:
     """The query string the dashboard's graph panel sends (the same for every target)."""
     (query,) = {
@@ -529,7 +518,6 @@ def get_json(lab: Lab, path: str) -> Any:
     return json.loads(body)
 
 
-@needs_graph_api
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("prefix", ["", "/nodegraph"])
 def test_node_graph_api_panel_queries_answer_with_the_graph(lab: Lab, prefix: str) -> None:
@@ -546,7 +534,6 @@ def test_node_graph_api_panel_queries_answer_with_the_graph(lab: Lab, prefix: st
                 assert all(n["title"] for n in graph.nodes.values()), q
 
 
-@needs_graph_api
 @pytest.mark.timeout(120)
 def test_infinity_panel_queries_answer_with_the_graph(lab: Lab) -> None:
     query = api_query("topology-infinity")
@@ -556,7 +543,6 @@ def test_infinity_panel_queries_answer_with_the_graph(lab: Lab) -> None:
         assert graph.nodes and graph.edges, q
 
 
-@needs_graph_api
 @pytest.mark.timeout(120)
 def test_prometheus_only_topology_equals_the_api(lab: Lab) -> None:
     """Same window, same traffic: the same node ids, titles, subtitles, colours, pairs and bytes."""
@@ -572,7 +558,7 @@ def test_prometheus_only_topology_equals_the_api(lab: Lab) -> None:
         if p["type"] == "nodeGraph" and "sent_bytes" in p["targets"][1]["expr"]
     ]
     prom = prom_graph(lab, panel)
-    range_s = round(lab.t1 - lab.t0)
+    range_s = math.ceil(lab.t1 - lab.t0)
     assert set(prom.nodes) == set(api.nodes)
     for nid, node in prom.nodes.items():
         want = api.nodes[nid]

@@ -226,7 +226,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
                 run.proc.wait()
         reader.join(timeout=10)
         if run.proc.stdout is not None:
-            run.proc.stdout.close()
+            run.proc.stdout.close()  # else an unclosed-pipe warning fails a later test
         demo_netns.remove_leftovers(PREFIX)  # only if the checks below already failed
 
 

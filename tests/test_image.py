@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import site
@@ -153,13 +154,24 @@ def unprivileged_argv(
     # A shell hop first: a non-root process exec'd without file capabilities holds no
     # permitted capabilities, whatever setpriv (or a container runtime) kept before.
     inner = [*setpriv, "/bin/sh", "-c", 'exec "$@"', "sh", str(exe), *argv]
-    if not str(Path(sys.base_prefix)).startswith("/root/"):
+    # root's home is not traversable: what the agent needs from under /root (this
+    # Python, a venv, the repository) is shown through a view bind-mounted over it
+    home = Path("/root")
+    needed = {Path(p).resolve() for p in (sys.base_prefix, sys.prefix, REPO)}
+    under = sorted(p for p in needed if home in p.parents)
+    if not under:
         return inner
-    # root's home is not traversable: show the Python installation through a view
-    script = 'mount --bind /root/.pyenv "$0/.pyenv" && mount --rbind "$0" /root && exec "$@"'
-    (view / ".pyenv").mkdir(parents=True, exist_ok=True)
-    view.chmod(0o755)
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(view), *inner]
+    binds = []
+    for path in under:
+        target = view / path.relative_to(home)
+        target.mkdir(parents=True, exist_ok=True)
+        for d in [target, *target.parents]:
+            if d == view.parent:
+                break
+            d.chmod(0o755)
+        binds.append(f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(target))}")
+    script = " && ".join([*binds, f"mount --rbind {shlex.quote(str(view))} /root", 'exec "$@"'])
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *inner]
 
 
 class UnprivilegedAgent:

@@ -481,6 +481,16 @@ def test_lean_lost_fin_is_a_documented_limit() -> None:
     ]
 
 
+def test_lean_tracker_during_the_warm_up_still_recognises_a_lost_fin() -> None:
+    """While the ring passes everything (the warm-up) the lost-FIN rule holds in lean mode."""
+    records, stats, _ = replay([GEN / "lost_fin.pcap"], capture_mode="lean", lean_warmup=60.0)
+    assert stats.filtered == 0
+    assert [(r.bytes_sent, r.bytes_received, r.close) for r in records] == [
+        (100, 200, "fin"),
+        (100, 200, "fin"),
+    ]
+
+
 def test_sums_of_records_give_totals() -> None:
     records, _, _ = replay([GEN / "interim.pcap"])
     assert sum(r.bytes_sent for r in records) == 100 + 200 + 300 + 400 + 10

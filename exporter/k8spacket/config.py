@@ -64,7 +64,7 @@ class CaptureSettings:
 class TrackerSettings:
     flush_period: float = 10.0
     close_older_than: float = 20.0
-    forget_after: float = 0.0  # 0: 10 minutes, or closeOlderThan when that is longer
+    forget_after: float = 0.0  # 0: 10 minutes, or close_older_than when that is longer
     max_connections: int = 500_000
 
 
@@ -520,10 +520,9 @@ def validate(settings: Settings) -> None:
         )
     t = settings.tracker
     if t.forget_after and t.forget_after < t.close_older_than:
-        raise ConfigError(
-            "tracker.forgetAfter: must be at least tracker.closeOlderThan "
-            f"({t.forget_after:g}s < {t.close_older_than:g}s)"
-        )
+        # a dormant connection cannot be forgotten before it is dormant: equal
+        # values are the old "idle means closed" rule
+        t.forget_after = t.close_older_than
     if "src_port" in settings.metrics.labels and settings.metrics.hide_source_port:
         raise ConfigError("metrics.labels: src_port needs metrics.hideSourcePort: false")
     if settings.http.graph_source == "prometheus" and not settings.http.prometheus_url:

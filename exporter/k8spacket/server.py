@@ -12,7 +12,8 @@ thread and never touches this module). Paths:
 * ``/readyz``: 200 ``ready`` when ``ready()`` returns no failed condition,
   else 503 ``not ready: <condition>; <condition>…`` (capture running, no
   missing ``CAP_NET_RAW``, interfaces listed, caches synced);
-* ``/api/health``, ``/nodegraph/api/health``: 200 (the Node Graph datasource's check);
+* ``/api/health``, ``/nodegraph/api/health``: 200 (a fallback; the graph API's raw route,
+  which answers 503 when its source cannot serve, replaces it);
 * ``/nodegraph/connections``: JSON array of recent records from the
   :class:`~k8spacket.nodegraph.store.ConnectionStore`. Optional query:
   ``from``/``to`` (Unix milliseconds, on the record's ``end``), ``namespace``,

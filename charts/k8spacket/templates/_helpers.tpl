@@ -140,6 +140,11 @@ host is handed over as --listen (it may come from the downward API).
 {{- $_ := set $whois "regexp" $k.metrics.reverseLookup.whoisRegexp }}
 {{- $_ := set $enrich "whois" $whois }}
 {{- $_ := set $cfg "enrichment" $enrich }}
+{{- $graph := $cfg.graph | default dict }}
+{{- if not $graph.peerSelector }}
+{{- $_ := set $graph "peerSelector" (printf "app.kubernetes.io/name=%s,app.kubernetes.io/instance=%s" (include "k8spacket.name" .) .Release.Name) }}
+{{- end }}
+{{- $_ := set $cfg "graph" $graph }}
 {{- $http := omit ($cfg.http | default dict) "host" }}
 {{- $_ := set $http "port" $k.tcp.listener.port }}
 {{- $_ := set $cfg "http" $http }}

@@ -31,7 +31,9 @@ the first packet seen (the reverse direction is looked up on a miss). Rules
   silence is not evidence (small messages pass no filter), so an established
   connection is forgotten only for room or, half closed, after ``forget_after``;
 * while open, interim records (``close=None``) are emitted every
-  ``flush_period`` so long-lived connections show up early;
+  ``flush_period`` so long-lived connections show up early; a connection with
+  no new bytes since its last record gets none (500,000 quiet connections would
+  otherwise flood the publisher with empty records);
 * the table has a hard size cap: when it is full the least recently active
   connections are flushed (counted as evicted by ``capacity``);
 * a SYN on a key whose connection is closing or closed starts a new connection
@@ -88,6 +90,8 @@ _SLOW = S_CFIN | S_SFIN | S_CLOSED | S_DORMANT | S_CPEND | S_SPEND | S_LEAN
 _EPHEMERAL_MIN = 32768
 #: Silence after which a dormant connection ends (``tracker.forgetAfter``).
 DEFAULT_FORGET_AFTER = 600.0
+#: Entries one live sweep step looks at (about 2 ms when each needs a record).
+SWEEP_SLICE = 500
 #: How long a closed connection's entry absorbs late packets (final ACKs, RST echoes).
 CLOSED_LINGER = 2.0
 #: A RST whose sequence number is further than this from the sender's known
@@ -383,9 +387,10 @@ class ConnectionTracker:
                 return
             adv = (ack - conn.client_next) & MASK
         if 0 < adv < HALF:
-            if st & S_LEAN:
+            if st & S_LEAN and adv > 1:
                 # lean: data the filter did not pass is the usual reason; a FIN
-                # the kernel dropped is not told from it (docs/capture.md)
+                # the kernel dropped behind such data is not told from it
+                # (docs/capture.md). One unit alone is held as in full mode.
                 if server:
                     conn.server_bytes += adv
                     conn.server_next = ack
@@ -679,7 +684,7 @@ class ConnectionTracker:
         self._pass = None
         self._sweep_entries(list(self.table), now)
 
-    def sweep_step(self, now: float, limit: int = 2000) -> bool:
+    def sweep_step(self, now: float, limit: int = SWEEP_SLICE) -> bool:
         """One slice of a sweep, for the live capture loop; True while a pass is unfinished.
 
         When ``now`` passes ``next_sweep`` a pass starts over the keys the table
@@ -741,7 +746,10 @@ class ConnectionTracker:
                 self.evicted["idle"] += 1
                 dead.append(key)
             elif conn.reported_at <= report_before:
-                self.sink(self._record(conn, None, now))
+                if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
+                    self.sink(self._record(conn, None, now))
+                else:
+                    conn.reported_at = now  # nothing new since the last record: none sent
         for key in dead:
             del table[key]
 
