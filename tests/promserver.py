@@ -11,9 +11,7 @@ thread that creates them, so nothing is exposed outside the lab.
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
 import json
-import os
 import socket
 import subprocess
 import time
@@ -26,9 +24,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from k8spacket.demo.netns import join_netns
+
 #: Failsafe for waiting on Prometheus (not a timing assertion).
 WAIT = 60.0
-CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
 
@@ -37,18 +36,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def join_netns(netns: str) -> None:
-    """Move the calling thread (only it) into network namespace ``netns``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({netns}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 class NetnsCaller:

@@ -100,7 +100,17 @@ def test_veth_churn_leaves_the_agent_up_and_exact(lab: NetLab, tmp_path: Path) -
 
         # kernel drops are counted, never silent; during the churn the small rings
         # may overflow (printed), once it is over capture keeps up again
-        drops = agent.metric_sum("k8spacket_capture_drops_total")
+        # (the kernel's counters are read once a second: wait until they settle)
+        seen = [-1.0]
+
+        def settled() -> bool:
+            now = agent.metric_sum("k8spacket_capture_drops_total")
+            same, seen[0] = now == seen[0], now
+            time.sleep(1.2)
+            return same
+
+        agent.wait("kernel drop counters settled", settled, timeout=30)
+        drops = seen[0]
         print(f"kernel drops during the churn: {drops:.0f}")
         (after,) = connect(lab, a, "10.213.1.3", "8080", "--send", "777")
         for res in (held_res, after):

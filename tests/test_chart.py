@@ -725,3 +725,12 @@ def test_notes_paths_answer_on_a_running_agent(helm: Helm, tmp_path: Path) -> No
         finally:
             agent.close()
     assert answers == dict.fromkeys(sorted(paths), 200)
+
+
+def test_schema_accepts_exactly_the_agents_opt_in_labels() -> None:
+    """``config.metrics.labels`` in the schema lists the label policy's own opt-in labels."""
+    from k8spacket.metrics.labels import OPT_IN_LABELS
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    labels = schema["properties"]["config"]["properties"]["metrics"]["properties"]["labels"]
+    assert labels["items"]["enum"] == list(OPT_IN_LABELS)

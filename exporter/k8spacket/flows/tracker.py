@@ -31,7 +31,9 @@ the first packet seen (the reverse direction is looked up on a miss). Rules
   silence is not evidence (small messages pass no filter), so an established
   connection is forgotten only for room or, half closed, after ``forget_after``;
 * while open, interim records (``close=None``) are emitted every
-  ``flush_period`` so long-lived connections show up early;
+  ``flush_period`` so long-lived connections show up early; a connection with
+  no new bytes since its last record gets none (500,000 quiet connections would
+  otherwise flood the publisher with empty records);
 * the table has a hard size cap: when it is full the least recently active
   connections are flushed (counted as evicted by ``capacity``);
 * a SYN on a key whose connection is closing or closed starts a new connection
@@ -744,7 +746,10 @@ class ConnectionTracker:
                 self.evicted["idle"] += 1
                 dead.append(key)
             elif conn.reported_at <= report_before:
-                self.sink(self._record(conn, None, now))
+                if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
+                    self.sink(self._record(conn, None, now))
+                else:
+                    conn.reported_at = now  # nothing new since the last record: none sent
         for key in dead:
             del table[key]
 
