@@ -304,11 +304,11 @@ def _arcs_duration(v: Values) -> dict[str, float]:
     }
 
 
-#: per view, the numbers its node rows read (the others are not summed)
-_NODE_COLUMNS = {
+#: per view, the numbers its node rows read (the others are not summed; None: all of them)
+_NODE_COLUMNS: dict[str, tuple[int, ...] | None] = {
     "connection": (CONNECTIONS, FAILED, RESET),
     "bytes": (SENT, RECEIVED),
-    "duration": (DURATION_SUM, HS_SUM, HS_COUNT, *range(BUCKETS0, WIDTH)),
+    "duration": None,  # most of them: the histogram
 }
 
 
@@ -318,8 +318,11 @@ def _incoming(stats_type: str, ins: list[Values]) -> Values:
         return ins[0]
     if not ins:
         return _NOTHING
+    columns = _NODE_COLUMNS[stats_type]
+    if columns is None:
+        return [sum(c) for c in zip(*ins, strict=True)]
     v = [0.0] * WIDTH
-    for i in _NODE_COLUMNS[stats_type]:
+    for i in columns:
         v[i] = sum([x[i] for x in ins])
     return v
 

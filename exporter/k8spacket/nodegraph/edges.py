@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import math
 import operator
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, MutableSequence, Sequence
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 from k8spacket.flows.record import ConnectionRecord, spelled_kind, spelled_workload
@@ -200,14 +202,13 @@ def quantile(q: float, values: Sequence[float], total: float | None = None) -> f
     if total <= 0:
         return None
     rank = q * total
-    acc = 0.0
-    lower = 0.0
-    for upper, c in zip(DURATION_BUCKETS, counts, strict=False):  # +Inf left out
-        if acc + c >= rank and c > 0:
-            return lower + (upper - lower) * (rank - acc) / c
-        acc += c
-        lower = upper
-    return DURATION_BUCKETS[-1]
+    # the first bucket whose running count reaches the rank (it holds counts: rank > 0)
+    running = list(accumulate(counts))
+    k = bisect_left(running, rank) if rank > 0 else next(i for i, c in enumerate(counts) if c)
+    if k >= len(DURATION_BUCKETS):
+        return DURATION_BUCKETS[-1]  # in the +Inf bucket
+    lower, below = (DURATION_BUCKETS[k - 1], running[k - 1]) if k else (0.0, 0.0)
+    return lower + (DURATION_BUCKETS[k] - lower) * (rank - below) / counts[k]
 
 
 class EdgeSet:
