@@ -186,12 +186,14 @@ class GraphAPI:
         try:
             q = self.query(raw)
             source = self.sources[q.source or self.default]
-            # the pause covers CPU-bound work only, never a wait on the network
-            with _gc_paused() if source.name == "local" else contextlib.nullcontext():
+            # the pause covers CPU-bound work only, never a wait on the network;
+            # one pause for the local source (a second would collect its edges)
+            local = source.name == "local"
+            with _gc_paused() if local else contextlib.nullcontext():
                 answer = source.edges(q.since, q.until)
-            with _gc_paused():
-                detail = {**answer.detail, "from": q.since, "to": q.until}
-                return 200, JSON, graph_json(answer.edges, q, answer.note, detail)
+                with contextlib.nullcontext() if local else _gc_paused():
+                    detail = {**answer.detail, "from": q.since, "to": q.until}
+                    return 200, JSON, graph_json(answer.edges, q, answer.note, detail)
         except QueryError as e:
             return _json(400, e.as_json())
         except SourceError as e:

@@ -50,6 +50,7 @@ from k8spacket.nodegraph.edges import (
     Detail,
     EdgeSet,
     End,
+    Values,
     ended,
     quantile,
 )
@@ -196,7 +197,7 @@ class _Node:
         self.title = title or UNKNOWN
         self.sub = sub
         self.end = end
-        self.incoming: list[list[float]] = []
+        self.incoming: list[Values] = []
         self.addresses: set[str] = set()
         self.ports: set[str] = set()
         self.countries: set[str] = set()
@@ -260,8 +261,12 @@ def _joined(values: set[str] | Detail) -> str:
     return ", ".join(sorted(values))
 
 
+def _ports_text(ports: Detail) -> str:
+    return ", ".join(sorted(ports)) if len(ports) > 1 else "".join(ports)
+
+
 # ---------------------------------------------------------------- the views
-def _arcs_connection(v: list[float]) -> dict[str, float]:
+def _arcs_connection(v: Values) -> dict[str, float]:
     total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
     if total <= 0:
         return {"arc__ok": 0, "arc__reset": 0, "arc__failed": 0, "arc__none": 1}
@@ -274,7 +279,7 @@ def _arcs_connection(v: list[float]) -> dict[str, float]:
     }
 
 
-def _arcs_bytes(v: list[float]) -> dict[str, float]:
+def _arcs_bytes(v: Values) -> dict[str, float]:
     total = v[SENT] + v[RECEIVED]
     if total <= 0:
         return {"arc__received": 0, "arc__answered": 0, "arc__none": 1}
@@ -285,7 +290,7 @@ def _arcs_bytes(v: list[float]) -> dict[str, float]:
     }
 
 
-def _arcs_duration(v: list[float]) -> dict[str, float]:
+def _arcs_duration(v: Values) -> dict[str, float]:
     total = ended(v)
     if total <= 0:
         return {"arc__short": 0, "arc__medium": 0, "arc__long": 0, "arc__none": 1}
@@ -299,9 +304,31 @@ def _arcs_duration(v: list[float]) -> dict[str, float]:
     }
 
 
+#: per view, the numbers its node rows read (the others are not summed; None: all of them)
+_NODE_COLUMNS: dict[str, tuple[int, ...] | None] = {
+    "connection": (CONNECTIONS, FAILED, RESET),
+    "bytes": (SENT, RECEIVED),
+    "duration": None,  # most of them: the histogram
+}
+
+
+def _incoming(stats_type: str, ins: list[Values]) -> Values:
+    """The sum of a node's incoming edges' numbers, for the columns the view reads."""
+    if len(ins) == 1:
+        return ins[0]
+    if not ins:
+        return _NOTHING
+    columns = _NODE_COLUMNS[stats_type]
+    if columns is None:
+        return [sum(c) for c in zip(*ins, strict=True)]
+    v = [0.0] * WIDTH
+    for i in columns:
+        v[i] = sum([x[i] for x in ins])
+    return v
+
+
 def _node_row(stats_type: str, n: _Node, seconds: float, source: str) -> Row:
-    ins = n.incoming
-    v = ins[0] if len(ins) == 1 else [sum(c) for c in zip(*ins, strict=True)] if ins else _NOTHING
+    v = _incoming(stats_type, n.incoming)
     kind, ns, wl, _ = n.end
     row: Row = {"id": n.id, "title": n.title, "subTitle": n.sub}
     if stats_type == "connection":
@@ -323,7 +350,7 @@ def _node_row(stats_type: str, n: _Node, seconds: float, source: str) -> Row:
     else:
         count = ended(v)
         row["mainStat"] = _r(v[DURATION_SUM] / count) if count else None
-        row["secondaryStat"] = _r(quantile(0.95, v))
+        row["secondaryStat"] = _r(quantile(0.95, v, count))
         row.update(_arcs_duration(v))
         row["detail__ended"] = _r(count)
         row["detail__handshake_ms"] = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
@@ -340,66 +367,84 @@ def _node_row(stats_type: str, n: _Node, seconds: float, source: str) -> Row:
     return row
 
 
-def _weight(stats_type: str) -> Callable[[list[float]], float]:
-    """What an edge's thickness follows in a view."""
-    if stats_type == "connection":
-        return lambda v: v[CONNECTIONS]
-    if stats_type == "bytes":
-        return lambda v: v[SENT] + v[RECEIVED]
-    return ended
+# ---------------------------------------------------------------- edge values
+# Per view, an edge's *weight* (what its thickness follows) and its values after
+# ``id``, ``source``, ``target``, in field order. One function per view serves
+# both outputs: ``ports`` is the ports text as the caller writes it (plain for
+# :func:`build_graph`'s rows, JSON text for :func:`graph_json`), ``missing`` what
+# stands for "no number" (``None``, or ``"null"`` for the JSON text). The colour
+# is the 5th value from the end, the ports text the 4th.
+EdgeValuesOf = Callable[[Values, float, float, float, str, Any], tuple[Any, ...]]
 
 
-def _ports_text(ports: Detail) -> str:
-    return ", ".join(sorted(ports)) if len(ports) > 1 else "".join(ports)
+def _weight_connection(v: Values) -> float:
+    return v[CONNECTIONS]
 
 
-def _edge_connection(v: list[float], ports: Detail, rate: float, thick: float) -> tuple[Any, ...]:
-    total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
-    failed = v[FAILED] / total if total > 0 else 0.0
+def _weight_bytes(v: Values) -> float:
+    return v[SENT] + v[RECEIVED]
+
+
+def _edge_connection(
+    v: Values, w: float, rate: float, thick: float, ports: str, missing: Any
+) -> tuple[Any, ...]:
+    connections, failed_n, reset = v[CONNECTIONS], v[FAILED], v[RESET]
+    total = max(connections, failed_n + reset)
+    failed = failed_n / total if total > 0 else 0.0
     return (
-        round(v[CONNECTIONS] * rate, 6), round(100 * failed, 4), v[FAILED], v[RESET],
-        thick, _health_color(failed), _ports_text(ports), v[CONNECTIONS], v[SENT], v[RECEIVED],
+        round(connections * rate, 6), round(100 * failed, 4), failed_n, reset,
+        thick, _health_color(failed), ports, connections, v[SENT], v[RECEIVED],
     )  # fmt: skip
 
 
-def _edge_bytes(v: list[float], ports: Detail, rate: float, thick: float) -> tuple[Any, ...]:
+def _edge_bytes(
+    v: Values, w: float, rate: float, thick: float, ports: str, missing: Any
+) -> tuple[Any, ...]:
+    sent, received = v[SENT], v[RECEIVED]
     return (
-        round(v[SENT] * rate, 3), round(v[RECEIVED] * rate, 3),
-        thick, BLUE, _ports_text(ports), v[CONNECTIONS], v[SENT], v[RECEIVED],
+        round(sent * rate, 3), round(received * rate, 3),
+        thick, BLUE, ports, v[CONNECTIONS], sent, received,
     )  # fmt: skip
 
 
-def _edge_duration(v: list[float], ports: Detail, rate: float, thick: float) -> tuple[Any, ...]:
-    count = ended(v)
+def _edge_duration(
+    v: Values, count: float, rate: float, thick: float, ports: str, missing: Any
+) -> tuple[Any, ...]:
+    mean = _r(v[DURATION_SUM] / count) if count else None
+    handshake = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
+    p95 = _r(quantile(0.95, v, count))
     return (
-        _r(v[DURATION_SUM] / count) if count else None,
-        _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None,
-        _r(quantile(0.95, v)),
+        missing if mean is None else mean,
+        missing if handshake is None else handshake,
+        missing if p95 is None else p95,
         count,
-        thick, PURPLE, _ports_text(ports), v[CONNECTIONS], v[SENT], v[RECEIVED],
+        thick, PURPLE, ports, v[CONNECTIONS], v[SENT], v[RECEIVED],
     )  # fmt: skip
 
 
-#: per view: an edge's values after ``id``, ``source``, ``target``, in field order
-#: (the colour and the ports text are the 5th and 4th from the end)
-_EDGE_VALUES: dict[str, Callable[[list[float], Detail, float, float], tuple[Any, ...]]] = {
-    "connection": _edge_connection,
-    "bytes": _edge_bytes,
-    "duration": _edge_duration,
+#: per view: (weight, values); the duration view's weight is its ``detail__ended``
+_EDGE_VIEWS: dict[str, tuple[Callable[[Values], float], EdgeValuesOf]] = {
+    "connection": (_weight_connection, _edge_connection),
+    "bytes": (_weight_bytes, _edge_bytes),
+    "duration": (ended, _edge_duration),
 }
 
-
+#: (source node, target node, summed numbers, server ports) of one edge of the view
+Link = tuple[_Node, _Node, Values, Detail]
 EdgeValues = tuple[_Node, _Node, tuple[Any, ...]]
 
 
-def _layout(edges: EdgeSet, query: GraphQuery, source: str) -> tuple[list[Row], list[EdgeValues]]:
-    """The node rows, and each edge's ends and values (see :data:`_EDGE_VALUES`)."""
+def _layout(edges: EdgeSet, query: GraphQuery) -> tuple[dict[str, _Node], list[Link]]:
+    """The query's nodes (by id) and links: ``edges`` filtered and grouped at its level.
+
+    One pass over the edges; each node's incoming numbers are kept for
+    :func:`_node_row`, its details (addresses, ports, countries) collected here.
+    """
     keep = _matcher(query)
-    level, stats_type = query.level, query.stats_type
-    seconds = max(query.seconds, 1e-9)
+    level = query.level
     nodes: dict[str, _Node] = {}
     by_end: dict[End, _Node] = {}
-    links: dict[tuple[_Node, _Node], tuple[list[float], Detail]] = {}
+    links: dict[tuple[_Node, _Node], tuple[Values, Detail]] = {}
 
     def node(e: End) -> _Node:
         g = _group(level, e)
@@ -410,59 +455,89 @@ def _layout(edges: EdgeSet, query: GraphQuery, source: str) -> tuple[list[Row], 
         return n
 
     get = by_end.get
+    link_of = links.get
     for (s, d), st in edges.edges.items():
         if keep is not None and not keep(s, d, st.src_addresses, st.dst_addresses):
             continue
         a = get(s) or node(s)
         b = get(d) or node(d)
         v = st.values
-        b.incoming.append(v)  # summed once per node below
-        if st.dst_addresses and len(b.addresses) < 4:
+        ports = st.ports
+        b.incoming.append(v)  # summed once per node in _node_row
+        if len(b.addresses) < 4 and st.dst_addresses:
             b.addresses.update(st.dst_addresses)
-        if st.src_addresses and len(a.addresses) < 4:
+        if len(a.addresses) < 4 and st.src_addresses:
             a.addresses.update(st.src_addresses)
-        if st.ports and len(b.ports) < 8:
-            b.ports.update(st.ports)
+        if ports and len(b.ports) < 8:
+            b.ports.update(ports)
         if st.dst_countries:
             b.countries.update(st.dst_countries)
         if st.src_countries:
             a.countries.update(st.src_countries)
-        link = links.get((a, b))
+        link = link_of((a, b))
         if link is None:
-            links[(a, b)] = (v, st.ports)
+            links[(a, b)] = (v, ports)
         else:
-            ports = link[1] if len(link[1]) >= 8 or not st.ports else link[1] | st.ports
-            links[(a, b)] = (list(map(add, link[0], v)), ports)
+            merged = link[1] if len(link[1]) >= 8 or not ports else link[1] | ports
+            links[(a, b)] = (list(map(add, link[0], v)), merged)
+    return nodes, [(a, b, v, ports) for (a, b), (v, ports) in links.items()]
 
-    node_rows = [_node_row(stats_type, nodes[k], seconds, source) for k in sorted(nodes)]
-    weight = _weight(stats_type)
-    top = max((weight(v) for v, _ in links.values()), default=0.0)
+
+def _edge_values(
+    links: list[Link],
+    query: GraphQuery,
+    ports_text: Callable[[Detail], str],
+    missing: Any,
+) -> list[EdgeValues]:
+    """Each link's ends and values (see :data:`_EDGE_VIEWS`), thickness scaled to the thickest."""
+    weight, values_of = _EDGE_VIEWS[query.stats_type]
+    weights = [weight(v) for _, _, v, _ in links]
+    top = max(weights, default=0.0)
     scale = 7 / math.sqrt(top) if top > 0 else 0.0
-    rate = 1 / seconds
+    rate = 1 / max(query.seconds, 1e-9)
     sqrt = math.sqrt
-    values_of = _EDGE_VALUES[stats_type]
-    edge_values = [
-        (a, b, values_of(v, ports, rate, round(1 + scale * sqrt(weight(v)), 2)))
-        for (a, b), (v, ports) in links.items()
+    return [
+        (a, b, values_of(v, w, rate, round(1 + scale * sqrt(w), 2), ports_text(ports), missing))
+        for (a, b, v, ports), w in zip(links, weights, strict=True)
     ]
-    return node_rows, edge_values
+
+
+def _node_rows(nodes: dict[str, _Node], query: GraphQuery, source: str) -> list[Row]:
+    seconds = max(query.seconds, 1e-9)
+    return [_node_row(query.stats_type, nodes[k], seconds, source) for k in sorted(nodes)]
 
 
 def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fields, Data]:
     """Fields and data of ``query``'s view over ``edges`` (already limited to its window)."""
-    node_rows, edge_values = _layout(edges, query, source)
+    nodes, links = _layout(edges, query)
     names = [f["field_name"] for f in EDGE_FIELDS[query.stats_type]]
     edge_rows = [
         dict(zip(names, (f"{a.id}->{b.id}", a.id, b.id, *vals), strict=True))
-        for a, b, vals in edge_values
+        for a, b, vals in _edge_values(links, query, _ports_text, None)
     ]
-    return fields_for(query.stats_type), {"nodes": node_rows, "edges": edge_rows}
+    return fields_for(query.stats_type), {
+        "nodes": _node_rows(nodes, query, source),
+        "edges": edge_rows,
+    }
+
+
+_COLOR = re.compile("#[0-9a-f]{6}")
+assert all(_COLOR.fullmatch(c) for c in (GREEN, YELLOW, ORANGE, RED, BLUE, PURPLE, GREY))
 
 
 def _templates() -> dict[str, str]:
-    """Per view, the JSON text of one edge row with a ``%s`` per field."""
+    """Per view, the JSON text of one edge row with a ``%s`` per field.
+
+    The colour is written between quotes as it is: every edge colour is one of
+    the constants above (``#`` and hex digits, nothing JSON escapes).
+    """
     return {
-        view: "{" + ",".join(f'"{f["field_name"]}":%s' for f in fields) + "}"
+        view: "{"
+        + ",".join(
+            f'"{f["field_name"]}":"%s"' if f["field_name"] == "color" else f'"{f["field_name"]}":%s'
+            for f in fields
+        )
+        + "}"
         for view, fields in EDGE_FIELDS.items()
     }
 
@@ -476,33 +551,29 @@ def graph_json(edges: EdgeSet, query: GraphQuery, source: str, detail: Any) -> b
 
     The edge rows (most of an answer) are written from a per-view template
     instead of being built as dicts and serialised; ``tests/test_nodegraph_api``
-    holds the two equal. Numbers are written as ``json`` writes them (``repr``),
-    ``None`` as ``null``, strings escaped by ``json``.
+    holds the two equal and ``tests/test_nodegraph_golden`` the bytes. Numbers
+    are written as ``json`` writes them (``repr``), a missing number as
+    ``null``, strings escaped by ``json`` once per node id and ports text.
     """
-    node_rows, edge_values = _layout(edges, query, source)
+    nodes, links = _layout(edges, query)
+    quoted = {n: _dumps(n.id) for n in nodes.values()}
+    ports_json: dict[Detail, str] = {}
+
+    def ports_text(ports: Detail) -> str:
+        text = ports_json.get(ports)
+        if text is None:
+            text = ports_json[ports] = _dumps(_ports_text(ports))
+        return text
+
     template = _EDGE_TEMPLATES[query.stats_type]
-    # JSON text of every node id, colour and ports text, escaped once each
-    quoted = {n.id: _dumps(n.id) for n in {x for a, b, _ in edge_values for x in (a, b)}}
-    texts: dict[str, str] = {}
-    get = texts.get
-    nullable = query.stats_type == "duration"
     parts: list[str] = []
     append = parts.append
-    for a, b, vals in edge_values:
-        qa, qb = quoted[a.id], quoted[b.id]
-        color, ports = vals[-5], vals[-4]
-        tail = (
-            *vals[:-5],
-            get(color) or texts.setdefault(color, _dumps(color)),
-            get(ports) or texts.setdefault(ports, _dumps(ports)),
-            *vals[-3:],
-        )
-        if nullable:
-            tail = tuple("null" if x is None else x for x in tail)
-        append(template % (qa[:-1] + "->" + qb[1:], qa, qb, *tail))
+    for a, b, vals in _edge_values(links, query, ports_text, "null"):
+        qa, qb = quoted[a], quoted[b]
+        append(template % (qa[:-1] + "->" + qb[1:], qa, qb, *vals))
     return (
         '{"nodes":'
-        + _dumps(node_rows)
+        + _dumps(_node_rows(nodes, query, source))
         + ',"edges":['
         + ",".join(parts)
         + '],"detail":'

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Iterable, Iterator, MutableSequence
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, MutableSequence, Sequence
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 from k8spacket.flows.record import ConnectionRecord, spelled_kind, spelled_workload
@@ -69,6 +71,8 @@ class End(NamedTuple):
     name: str
 
 
+#: an edge's numbers: a list, or a copy of the local store's ``array("d")`` (no float objects)
+Values = MutableSequence[float]
 Detail = frozenset[str]
 _EMPTY: Detail = frozenset()
 _DETAILS = ("ports", "src_addresses", "dst_addresses", "src_countries", "dst_countries")
@@ -101,18 +105,21 @@ class EdgeStats:
         "values",
     )
 
-    def __init__(self, values: list[float] | None = None) -> None:
-        self.values: list[float] = [0.0] * WIDTH if values is None else values
+    def __init__(self, values: Values | None = None) -> None:
+        self.values: Values = [0.0] * WIDTH if values is None else values
         self.ports = self.src_addresses = self.dst_addresses = _EMPTY
         self.src_countries = self.dst_countries = _EMPTY
 
-    def copy_details(self, other: EdgeStats) -> None:
-        """Share ``other``'s detail sets (immutable: a change replaces them)."""
-        self.ports = other.ports
-        self.src_addresses = other.src_addresses
-        self.dst_addresses = other.dst_addresses
-        self.src_countries = other.src_countries
-        self.dst_countries = other.dst_countries
+    def with_values(self, values: Values) -> EdgeStats:
+        """A new :class:`EdgeStats` of ``values`` sharing this one's details (immutable)."""
+        st = _new_stats(EdgeStats)
+        st.values = values
+        st.ports = self.ports
+        st.src_addresses = self.src_addresses
+        st.dst_addresses = self.dst_addresses
+        st.src_countries = self.src_countries
+        st.dst_countries = self.dst_countries
+        return st
 
     def add(self, other: EdgeStats) -> None:
         self.values = list(map(operator.add, self.values, other.values))
@@ -132,6 +139,9 @@ class EdgeStats:
         self.dst_addresses = with_detail(self.dst_addresses, rec.dst)
         self.src_countries = with_detail(self.src_countries, rec.src_country)
         self.dst_countries = with_detail(self.dst_countries, rec.dst_country)
+
+
+_new_stats = object.__new__  # an EdgeStats without __init__ (with_values sets every slot)
 
 
 def record_ends(rec: ConnectionRecord) -> tuple[End, End]:
@@ -173,34 +183,32 @@ def _bucket_index(d: float) -> int:
     return len(DURATION_BUCKETS)
 
 
-def ended(values: list[float]) -> float:
+def ended(values: Sequence[float]) -> float:
     """Connections that ended (the duration histogram's count)."""
     return sum(values[BUCKETS0:])
 
 
-def quantile(q: float, values: list[float]) -> float | None:
+def quantile(q: float, values: Sequence[float], total: float | None = None) -> float | None:
     """The ``q`` quantile of the duration histogram, as ``histogram_quantile`` computes it.
 
     Linear interpolation inside the bucket holding the rank (the first bucket
     starts at 0); a rank in the +Inf bucket answers the highest finite bound.
-    ``None`` when no connection ended.
+    ``None`` when no connection ended. ``total`` is :func:`ended` of ``values``
+    when the caller has it already.
     """
     counts = values[BUCKETS0:]
-    total = sum(counts)
+    if total is None:
+        total = sum(counts)
     if total <= 0:
         return None
     rank = q * total
-    acc = 0.0
-    lower = 0.0
-    for i, c in enumerate(counts):
-        if i == len(DURATION_BUCKETS):
-            return DURATION_BUCKETS[-1]
-        upper = DURATION_BUCKETS[i]
-        if acc + c >= rank and c > 0:
-            return lower + (upper - lower) * (rank - acc) / c
-        acc += c
-        lower = upper
-    return DURATION_BUCKETS[-1]  # pragma: no cover - rank <= total
+    # the first bucket whose running count reaches the rank (it holds counts: rank > 0)
+    running = list(accumulate(counts))
+    k = bisect_left(running, rank) if rank > 0 else next(i for i, c in enumerate(counts) if c)
+    if k >= len(DURATION_BUCKETS):
+        return DURATION_BUCKETS[-1]  # in the +Inf bucket
+    lower, below = (DURATION_BUCKETS[k - 1], running[k - 1]) if k else (0.0, 0.0)
+    return lower + (DURATION_BUCKETS[k] - lower) * (rank - below) / counts[k]
 
 
 class EdgeSet:

@@ -134,9 +134,8 @@ class LocalGraphStore:
                 start = edge.floor if buckets[0] >= lo else edge.at(lo - 1)
                 if end is start:
                     continue  # nothing inside the window
-                st = EdgeStats(list(end) if start is _ZERO else list(map(sub, end, start)))
-                st.copy_details(edge.details)
-                table[key] = st
+                values = end[:] if start is _ZERO else array("d", map(sub, end, start))
+                table[key] = edge.details.with_values(values)
         return out
 
     def edge_count(self) -> int:
