@@ -351,3 +351,43 @@ def test_a_failing_event_socket_is_reopened_and_the_links_resynced(
         os.close(r)
         os.close(w)
     assert not t.is_alive() and opened[1].closed
+
+
+def test_shutdown_never_publishes_on_two_threads(
+    supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A publisher still busy when the shutdown budget runs out is left to it alone.
+
+    Draining the queue on the main thread beside it shared the conntrack socket
+    (each thread read the other's answers: a 1 s timeout per lookup, a shutdown
+    of minutes at 500,000 connections).
+    """
+    import k8spacket.agent as agent_module
+
+    monkeypatch.setattr(agent_module, "SHUTDOWN_SECONDS", 0.5)
+    agent = new_agent(supervisor)
+    release, entered = threading.Event(), threading.Event()
+    original_publish = agent.publisher.publish
+    publishing: list[str] = []
+
+    def slow_publish(r: Any) -> None:
+        publishing.append(threading.current_thread().name)
+        entered.set()
+        release.wait(20)
+        original_publish(r)
+
+    agent.publisher.publish = slow_publish  # type: ignore[method-assign]
+    agent.publisher.settle = 0.0
+    agent.start()
+    try:
+        wait_for(agent.ready, "agent ready")
+        for port in range(3):
+            agent.publisher.offer(record("10.244.1.5", "10.244.1.6", 6000 + port))
+        assert entered.wait(10)
+        with caplog.at_level("WARNING", logger="k8spacket.agent"):
+            agent.stop()
+            agent.shutdown()  # returns after the budget; must not raise nor drain
+    finally:
+        release.set()
+    assert "records not published within" in caplog.text
+    assert set(publishing) == {"publisher"}  # never the test's (main) thread

@@ -203,3 +203,30 @@ def test_close_publishes_every_queued_record_without_the_settle_delay() -> None:
     pub.close()
     t.join(timeout=10)
     assert not t.is_alive() and len(stored) == 100
+
+
+def test_drain_refuses_while_the_publisher_thread_runs() -> None:
+    """Two threads publishing at once would read each other's conntrack answers."""
+    release, entered = threading.Event(), threading.Event()
+    stored: list[ConnectionRecord] = []
+
+    def slow_store(r: ConnectionRecord) -> None:
+        entered.set()
+        release.wait(10)
+        stored.append(r)
+
+    pub = Publisher(is_local=LOCAL.__contains__, namers=[], store=slow_store, settle=0.0)
+    t = threading.Thread(target=pub.run)
+    t.start()
+    for port in range(3):
+        pub.offer(rec(src_port=port))
+    assert entered.wait(10)  # the thread is publishing the first record
+    try:
+        with pytest.raises(RuntimeError, match="publisher thread runs"):
+            pub.drain()
+    finally:
+        release.set()
+        pub.close()
+        t.join(timeout=10)
+    assert not t.is_alive() and len(stored) == 3
+    assert pub.drain() == 0  # the thread has ended: draining is allowed again

@@ -87,6 +87,9 @@ POD_SYNC_PERIOD = 0.5
 SWITCH_INTERVAL = 0.001
 #: seconds between two ``gc.freeze()`` calls (see :meth:`Agent._gc_loop`)
 GC_FREEZE_PERIOD = 10.0
+#: seconds the final flush and its publishing may take at shutdown in all (the
+#: chart's default grace period is 30 s; the kubelet kills the pod after it)
+SHUTDOWN_SECONDS = 25.0
 
 
 def host_pod_addresses() -> list[tuple[str, int]]:
@@ -408,18 +411,30 @@ class Agent:
         self.watcher.stop()
         self.publisher.block()  # the final flush waits for room: no record lost
         self.reader.stop()
+        # the final flush and its publishing share one budget, within the pod's
+        # grace period (the chart's default 30 s)
+        deadline = time.monotonic() + SHUTDOWN_SECONDS
         publisher = None
         for t in self._threads:
             if t.name == "publisher":
                 publisher = t
                 continue
-            t.join(timeout=10)
+            t.join(timeout=max(0.1, min(10.0, deadline - time.monotonic())))
         if not any(t.name == "capture" and t.is_alive() for t in self._threads):
             self.reader.close()  # the capture loop does this itself unless it was given up on
         self.publisher.close()
         if publisher is not None:
-            publisher.join(timeout=30)
-        self.publisher.drain()  # what is left when no publisher thread ran (or it gave up)
+            publisher.join(timeout=max(0.1, deadline - time.monotonic()))
+        if publisher is not None and publisher.is_alive():
+            # never publish on two threads at once (they would share the decisions
+            # and the conntrack socket): what the thread has not reached is lost
+            log.warning(
+                "shutdown: %d records not published within %.0f s (the publisher is still busy)",
+                self.publisher.queued(),
+                SHUTDOWN_SECONDS,
+            )
+        else:
+            self.publisher.drain()  # what is left when no publisher thread ran (or it gave up)
         self.server.stop()
         self.naming.stop()
         if self.conntrack is not None:

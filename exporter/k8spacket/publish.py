@@ -158,6 +158,7 @@ class Publisher:
         #: conntrack lookups that failed with an error (not "no such entry")
         self.nat_errors = 0
         self.finished = threading.Event()
+        self._running = False  # run() is running (on some thread)
 
     # ---------------------------------------------------------- capture side
     def offer(self, rec: ConnectionRecord) -> None:
@@ -194,6 +195,7 @@ class Publisher:
         q = self._queue
         closing = self._closing
         clock = self._clock
+        self._running = True
         try:
             while True:
                 if not q:
@@ -216,6 +218,7 @@ class Publisher:
                         self.dropped += 1
                     raise
         finally:
+            self._running = False
             self.finished.set()
 
     def block(self) -> None:
@@ -232,7 +235,14 @@ class Publisher:
         self._closing.set()
 
     def drain(self) -> int:
-        """Publish every queued record now, on the calling thread (when no thread runs)."""
+        """Publish every queued record now, on the calling thread (when no thread runs).
+
+        Raises :class:`RuntimeError` while :meth:`run` runs on another thread:
+        two threads publishing at once would share the decisions and the
+        conntrack socket (one thread's lookup would read the other's answer).
+        """
+        if self._running:
+            raise RuntimeError("Publisher.drain() called while the publisher thread runs")
         n = 0
         q = self._queue
         while q:
