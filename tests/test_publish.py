@@ -6,8 +6,10 @@ import threading
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from k8spacket.flows.record import ConnectionRecord
+from k8spacket.metrics.publish_collector import PublishCollector
 from k8spacket.publish import Publisher
 from test_metrics_factories import rec
 
@@ -182,6 +184,11 @@ def test_nat_errors_are_counted_and_the_record_still_published() -> None:
     pub, stored, counted = make(nat=Broken())
     pub.publish(rec(src="10.244.1.5", dst="10.244.1.6"))
     assert (len(stored), len(counted), pub.nat_errors) == (1, 1, 1)
+    # and exported, as the agent wires it
+    registry = CollectorRegistry()
+    registry.register(PublishCollector(lambda: pub.dropped, pub.counters, lambda: pub.nat_errors))
+    assert registry.get_sample_value("k8spacket_conntrack_errors_total") == 1
+    assert registry.get_sample_value("k8spacket_publish_dropped_total") == 0
 
 
 def test_a_full_queue_is_a_counted_drop() -> None:

@@ -261,7 +261,11 @@ class Agent:
             )
         )
         self.registry.register(
-            PublishCollector(lambda: self.publisher.dropped, self.publisher.counters)
+            PublishCollector(
+                lambda: self.publisher.dropped,
+                self.publisher.counters,
+                lambda: self.publisher.nat_errors,
+            )
         )
         self.server = AgentHTTPServer(
             s.http.host,
