@@ -31,7 +31,9 @@ and records the time of every ring drain (a wrapper around the reader's
 Printed per design: drains, the longest gap between two drains, p99, gaps
 longer than 20 ms, the sweep calls and the longest one (the tracker's timer
 runs on the capture thread: a whole sweep before, a slice of one now), scrapes
-done and kernel drops. Figures only; nothing is asserted.
+done, kernel drops, and the cyclic garbage collector's passes during the run
+(full ones: how many and the longest; the longest young one). Figures only;
+nothing is asserted.
 
 Run as root: ``python bench/capture_stall.py [--connections 500000] [--seconds 12]``.
 """
@@ -39,6 +41,7 @@ Run as root: ``python bench/capture_stall.py [--connections 500000] [--seconds 1
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import statistics
@@ -181,7 +184,7 @@ def run_design(design: str, connections: int, seconds: float, port: int) -> dict
     agent.start()
     if design == "before":
         sys.setswitchinterval(0.005)  # the interpreter's default, as before the agent set it
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 300  # "before": the first whole sweep holds the capture thread
     while (
         agent.reader.interfaces != sorted(agent.reader.interfaces)
         or len(agent.reader.interfaces) < 2
@@ -192,6 +195,17 @@ def run_design(design: str, connections: int, seconds: float, port: int) -> dict
 
     scrapes: list[float] = []
     stop = threading.Event()
+    # the cyclic collector's passes (any thread; it holds the interpreter lock)
+    collections: list[tuple[int, float]] = []
+    gc_started = [0.0]
+
+    def gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            collections.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+    gc.callbacks.append(gc_timer)
 
     def scraper() -> None:
         while not stop.is_set():
@@ -205,9 +219,12 @@ def run_design(design: str, connections: int, seconds: float, port: int) -> dict
     sweeps.clear()
     if not idle:
         scraping.start()
+    collections.clear()
     time.sleep(seconds)
     stop.set()
     end = time.perf_counter()
+    gc.callbacks.remove(gc_timer)
+    full = [t for g, t in collections if g == 2]
     window = [t for t in drains if start <= t <= end]
     # a stall already going on at the start (or still at the end) counts too
     gaps = [b - a for a, b in itertools.pairwise([start, *window, end])]
@@ -232,13 +249,17 @@ def run_design(design: str, connections: int, seconds: float, port: int) -> dict
         "scrapes": len(scrapes),
         "scrape_ms": 1000 * statistics.median(scrapes) if scrapes else float("nan"),
         "kernel_drops": drops,
+        "gc_full": len(full),
+        "gc_full_max_ms": 1000 * max(full, default=0.0),
+        "gc_young_max_ms": 1000 * max((t for g, t in collections if g < 2), default=0.0),
     }
 
 
-def child(connections: int, seconds: float, port: int) -> None:
-    import gc
+DESIGNS = ("idle", "before", "after")
 
-    for design in ("idle", "before", "after"):
+
+def child(connections: int, seconds: float, port: int, designs: list[str]) -> None:
+    for design in designs:
         print(json.dumps(run_design(design, connections, seconds, port)), flush=True)
         gc.collect()
 
@@ -248,11 +269,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=500_000)
     parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--designs", default=",".join(DESIGNS),
+                        help="which runs, comma-separated (default: %(default)s)")  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=16676, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.connections, args.seconds, args.port)
+        child(args.connections, args.seconds, args.port, args.designs.split(","))
         return
 
     from netlab import NetLab
@@ -268,7 +291,7 @@ def main() -> None:
         proc = lab.popen_in(
             lab.nodes["n1"],
             [sys.executable, __file__, "--child", "--connections", str(args.connections),
-             "--seconds", str(args.seconds)],
+             "--seconds", str(args.seconds), "--designs", args.designs],
             stdout=subprocess.PIPE,
             stderr=None,  # the child's log and errors go to ours
         )  # fmt: skip
@@ -290,6 +313,9 @@ def main() -> None:
         ("scrapes", "scrapes", "{}"),
         ("scrape ms", "scrape_ms", "{:.0f}"),
         ("kernel drops", "kernel_drops", "{}"),
+        ("full GCs", "gc_full", "{}"),
+        ("max full GC", "gc_full_max_ms", "{:.1f}"),
+        ("max young GC", "gc_young_max_ms", "{:.1f}"),
     ]
     print("  ".join(f"{title:>12}" for title, _, _ in cols))
     for row in rows:

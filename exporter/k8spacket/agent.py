@@ -86,7 +86,9 @@ POD_SYNC_PERIOD = 0.5
 #: the interpreter's thread switch interval while the agent runs (default 5 ms)
 SWITCH_INTERVAL = 0.001
 #: seconds between two ``gc.freeze()`` calls (see :meth:`Agent._gc_loop`)
-GC_FREEZE_PERIOD = 10.0
+GC_FREEZE_PERIOD = 1.0
+#: the collector's third threshold while the agent runs: full collections never start by themselves
+NO_FULL_COLLECTIONS = 1 << 30
 #: seconds the final flush and its publishing may take at shutdown in all (the
 #: chart's default grace period is 30 s; the kubelet kills the pod after it)
 SHUTDOWN_SECONDS = 25.0
@@ -320,26 +322,41 @@ class Agent:
         while not self._stop.wait(POD_SYNC_PERIOD):
             self.sync_pods()
 
+    def _close_conntrack_after_publisher(self) -> None:
+        self.publisher.finished.wait()
+        if self.conntrack is not None:
+            self.conntrack.close()
+
     def _gc_loop(self) -> None:
-        """Keep the cyclic garbage collector's full passes small.
+        """Keep the cyclic garbage collector's passes off the capture thread's back.
 
         With 500,000 open connections the heap holds millions of objects, and a
         full collection (CPython starts one whenever long-lived objects grew by
-        a quarter) walks all of them with the interpreter lock held: hundreds of
-        milliseconds in which no ring is drained. Every ``GC_FREEZE_PERIOD`` this
-        loop collects the young generations (cheap) and then moves every
-        survivor to the permanent generation (``gc.freeze``), which later
-        collections skip. Objects are still freed by reference counting, so the
-        tracker's connections and the records (no reference cycles) come and go
-        as before; the price is that a reference cycle which outlives a freeze
-        and only then becomes garbage is not reclaimed (none is known on the
-        agent's paths).
+        a quarter, in whichever thread allocates at that moment, often the
+        capture thread) walks every long-lived object with the interpreter lock
+        held: ``bench/capture_stall.py`` measured 88 ms for one, with 10 s of
+        survivors since the last freeze. While this loop runs, automatic full
+        collections are off (the third threshold is out of reach; the young
+        generations are collected as usual, by allocation), and every
+        ``GC_FREEZE_PERIOD`` it collects the young generations and moves every
+        survivor to the permanent generation (``gc.freeze``, constant time), so
+        that a full collection someone asks for (``gc.collect()``) skips them
+        too. Objects are still freed by reference counting, so the tracker's
+        connections and the records (no reference cycles) come and go as
+        before; the price is that a reference cycle which outlives a young
+        collection and only then becomes garbage is not reclaimed (none is known
+        on the agent's paths). The thresholds are restored when the loop ends.
         """
-        while True:
-            gc.collect(1)
-            gc.freeze()
-            if self._stop.wait(GC_FREEZE_PERIOD):
-                return
+        young0, young1, full = gc.get_threshold()
+        gc.set_threshold(young0, young1, NO_FULL_COLLECTIONS)
+        try:
+            while True:
+                gc.collect(1)
+                gc.freeze()
+                if self._stop.wait(GC_FREEZE_PERIOD):
+                    return
+        finally:
+            gc.set_threshold(young0, young1, full)
 
     def _open_ring(self, name: str) -> PacketRing:
         c = self.settings.capture
@@ -429,7 +446,8 @@ class Agent:
         self.publisher.close()
         if publisher is not None:
             publisher.join(timeout=max(0.1, deadline - time.monotonic()))
-        if publisher is not None and publisher.is_alive():
+        busy = publisher is not None and publisher.is_alive()
+        if busy:
             # never publish on two threads at once (they would share the decisions
             # and the conntrack socket): what the thread has not reached is lost
             log.warning(
@@ -442,7 +460,14 @@ class Agent:
         self.server.stop()
         self.naming.stop()
         if self.conntrack is not None:
-            self.conntrack.close()
+            if busy:  # the publisher still uses it: closed when the publisher ends
+                threading.Thread(
+                    target=self._close_conntrack_after_publisher,
+                    name="conntrack-close",
+                    daemon=True,
+                ).start()
+            else:
+                self.conntrack.close()
         log.info(
             "stopped: %d connections, %d records, %d published, %d dropped, %d conntrack errors",
             self.tracker.connections,
