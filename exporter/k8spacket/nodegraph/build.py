@@ -439,23 +439,32 @@ def _layout(edges: EdgeSet, query: GraphQuery) -> tuple[dict[str, _Node], list[L
 
     One pass over the edges; each node's incoming numbers are kept for
     :func:`_node_row`, its details (addresses, ports, countries) collected here.
+    The pass makes one link per edge. When no two ends share a node (e.g. the
+    workload level with one pod per workload, or the pod level over pods), the
+    links are the edges' and nothing is merged; otherwise a second pass over
+    the links merges those between the same two nodes, in edge order (the sums
+    and sets are those of merging as they come).
     """
     keep = _matcher(query)
     level = query.level
     nodes: dict[str, _Node] = {}
     by_end: dict[End, _Node] = {}
-    links: dict[tuple[_Node, _Node], tuple[Values, Detail]] = {}
+    shared = False  # some node has more than one end: links may need merging
 
     def node(e: End) -> _Node:
+        nonlocal shared
         g = _group(level, e)
         n = nodes.get(g[0])
         if n is None:
             n = nodes[g[0]] = _Node(*g)
+        else:
+            shared = True
         by_end[e] = n
         return n
 
     get = by_end.get
-    link_of = links.get
+    out: list[Link] = []
+    append = out.append
     for (s, d), st in edges.edges.items():
         if keep is not None and not keep(s, d, st.src_addresses, st.dst_addresses):
             continue
@@ -474,13 +483,21 @@ def _layout(edges: EdgeSet, query: GraphQuery) -> tuple[dict[str, _Node], list[L
             b.countries.update(st.dst_countries)
         if st.src_countries:
             a.countries.update(st.src_countries)
-        link = link_of((a, b))
+        append((a, b, v, ports))
+    return nodes, (_merged(out) if shared else out)
+
+
+def _merged(links: list[Link]) -> list[Link]:
+    """``links`` with those between the same two nodes summed (first one's place, edge order)."""
+    merged: dict[tuple[_Node, _Node], tuple[Values, Detail]] = {}
+    for a, b, v, ports in links:
+        link = merged.get((a, b))
         if link is None:
-            links[(a, b)] = (v, ports)
+            merged[(a, b)] = (v, ports)
         else:
-            merged = link[1] if len(link[1]) >= 8 or not ports else link[1] | ports
-            links[(a, b)] = (list(map(add, link[0], v)), merged)
-    return nodes, [(a, b, v, ports) for (a, b), (v, ports) in links.items()]
+            union = link[1] if len(link[1]) >= 8 or not ports else link[1] | ports
+            merged[(a, b)] = (list(map(add, link[0], v)), union)
+    return [(a, b, v, ports) for (a, b), (v, ports) in merged.items()]
 
 
 def _edge_values(
