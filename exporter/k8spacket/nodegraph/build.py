@@ -51,6 +51,7 @@ from k8spacket.nodegraph.edges import (
     EdgeSet,
     End,
     Values,
+    counts_quantile,
     ended,
     quantile,
 )
@@ -368,70 +369,106 @@ def _node_row(stats_type: str, n: _Node, seconds: float, source: str) -> Row:
 
 
 # ---------------------------------------------------------------- edge values
-# Per view, an edge's *weight* (what its thickness follows) and its values after
-# ``id``, ``source``, ``target``, in field order. One function per view serves
-# both outputs: ``ports`` is the ports text as the caller writes it (plain for
-# :func:`build_graph`'s rows, JSON text for :func:`graph_json`), ``missing`` what
-# stands for "no number" (``None``, or ``"null"`` for the JSON text). The colour
-# is the 5th value from the end, the ports text the 4th.
-EdgeValuesOf = Callable[[Values, float, float, float, str, Any], tuple[Any, ...]]
-
-
-def _weight_connection(v: Values) -> float:
-    return v[CONNECTIONS]
-
-
-def _weight_bytes(v: Values) -> float:
-    return v[SENT] + v[RECEIVED]
-
-
-def _edge_connection(
-    v: Values, w: float, rate: float, thick: float, ports: str, missing: Any
-) -> tuple[Any, ...]:
-    connections, failed_n, reset = v[CONNECTIONS], v[FAILED], v[RESET]
-    total = max(connections, failed_n + reset)
-    failed = failed_n / total if total > 0 else 0.0
-    return (
-        round(connections * rate, 6), round(100 * failed, 4), failed_n, reset,
-        thick, _health_color(failed), ports, connections, v[SENT], v[RECEIVED],
-    )  # fmt: skip
-
-
-def _edge_bytes(
-    v: Values, w: float, rate: float, thick: float, ports: str, missing: Any
-) -> tuple[Any, ...]:
-    sent, received = v[SENT], v[RECEIVED]
-    return (
-        round(sent * rate, 3), round(received * rate, 3),
-        thick, BLUE, ports, v[CONNECTIONS], sent, received,
-    )  # fmt: skip
-
-
-def _edge_duration(
-    v: Values, count: float, rate: float, thick: float, ports: str, missing: Any
-) -> tuple[Any, ...]:
-    mean = _r(v[DURATION_SUM] / count) if count else None
-    handshake = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
-    p95 = _r(quantile(0.95, v, count))
-    return (
-        missing if mean is None else mean,
-        missing if handshake is None else handshake,
-        missing if p95 is None else p95,
-        count,
-        thick, PURPLE, ports, v[CONNECTIONS], v[SENT], v[RECEIVED],
-    )  # fmt: skip
-
-
-#: per view: (weight, values); the duration view's weight is its ``detail__ended``
-_EDGE_VIEWS: dict[str, tuple[Callable[[Values], float], EdgeValuesOf]] = {
-    "connection": (_weight_connection, _edge_connection),
-    "bytes": (_weight_bytes, _edge_bytes),
-    "duration": (ended, _edge_duration),
-}
+# Per view, one function writes every link's edge row as a tuple in field order:
+# the row's ``head`` (id, source, target, as the caller writes them) followed by
+# the view's values. The same function serves both outputs: :func:`build_graph`
+# zips the tuples with the field names, :func:`graph_json` writes them through a
+# template. ``ports`` maps each link's server ports to their text as the caller
+# writes it (plain, or JSON text), ``missing`` stands for "no number" (``None``,
+# or ``"null"`` for the JSON text), ``rate`` is 1 / the window's seconds. An
+# edge is as thick as its *weight* (the view's main number) relative to the
+# thickest. A loop per view, no call per edge: this is most of an answer.
 
 #: (source node, target node, summed numbers, server ports) of one edge of the view
 Link = tuple[_Node, _Node, Values, Detail]
-EdgeValues = tuple[_Node, _Node, tuple[Any, ...]]
+Head = tuple[str, ...]
+EdgeRows = Callable[[list[Link], list[Head], dict[Detail, str], float, Any], list[tuple[Any, ...]]]
+
+
+def _thickness_scale(weights: list[float]) -> float:
+    top = max(weights, default=0.0)
+    return 7 / math.sqrt(top) if top > 0 else 0.0
+
+
+def _edges_connection(
+    links: list[Link], heads: list[Head], ports: dict[Detail, str], rate: float, missing: Any
+) -> list[tuple[Any, ...]]:
+    weights = [v[CONNECTIONS] for _, _, v, _ in links]
+    scale, sqrt = _thickness_scale(weights), math.sqrt
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    for head, (_, _, v, p), connections in zip(heads, links, weights, strict=True):
+        failed_n, reset = v[FAILED], v[RESET]
+        total = max(connections, failed_n + reset)
+        failed = failed_n / total if total > 0 else 0.0
+        append((
+            *head,
+            round(connections * rate, 6), round(100 * failed, 4), failed_n, reset,
+            round(1 + scale * sqrt(connections), 2), _health_color(failed), ports[p],
+            connections, v[SENT], v[RECEIVED],
+        ))  # fmt: skip
+    return rows
+
+
+def _edges_bytes(
+    links: list[Link], heads: list[Head], ports: dict[Detail, str], rate: float, missing: Any
+) -> list[tuple[Any, ...]]:
+    weights = [v[SENT] + v[RECEIVED] for _, _, v, _ in links]
+    scale, sqrt = _thickness_scale(weights), math.sqrt
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    for head, (_, _, v, p), w in zip(heads, links, weights, strict=True):
+        sent, received = v[SENT], v[RECEIVED]
+        append((
+            *head,
+            round(sent * rate, 3), round(received * rate, 3),
+            round(1 + scale * sqrt(w), 2), BLUE, ports[p], v[CONNECTIONS], sent, received,
+        ))  # fmt: skip
+    return rows
+
+
+def _edges_duration(
+    links: list[Link], heads: list[Head], ports: dict[Detail, str], rate: float, missing: Any
+) -> list[tuple[Any, ...]]:
+    histograms = [v[BUCKETS0:] for _, _, v, _ in links]
+    weights = [sum(h) for h in histograms]  # connections ended: ``ended(v)``
+    scale, sqrt = _thickness_scale(weights), math.sqrt
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    for head, (_, _, v, p), histogram, count in zip(heads, links, histograms, weights, strict=True):
+        mean = _r(v[DURATION_SUM] / count) if count else None
+        handshake = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
+        p95 = _r(counts_quantile(0.95, histogram, count))
+        append((
+            *head,
+            missing if mean is None else mean,
+            missing if handshake is None else handshake,
+            missing if p95 is None else p95,
+            count,
+            round(1 + scale * sqrt(count), 2), PURPLE, ports[p],
+            v[CONNECTIONS], v[SENT], v[RECEIVED],
+        ))  # fmt: skip
+    return rows
+
+
+_EDGE_ROWS: dict[str, EdgeRows] = {
+    "connection": _edges_connection,
+    "bytes": _edges_bytes,
+    "duration": _edges_duration,
+}
+
+
+def _edge_rows(
+    links: list[Link],
+    heads: list[Head],
+    query: GraphQuery,
+    ports_text: Callable[[Detail], str],
+    missing: Any,
+) -> list[tuple[Any, ...]]:
+    """The view's edge rows (see :data:`_EDGE_ROWS`), ports texts made once per distinct set."""
+    ports = {p: ports_text(p) for p in {link[3] for link in links}}
+    rate = 1 / max(query.seconds, 1e-9)
+    return _EDGE_ROWS[query.stats_type](links, heads, ports, rate, missing)
 
 
 def _layout(edges: EdgeSet, query: GraphQuery) -> tuple[dict[str, _Node], list[Link]]:
@@ -500,25 +537,6 @@ def _merged(links: list[Link]) -> list[Link]:
     return [(a, b, v, ports) for (a, b), (v, ports) in merged.items()]
 
 
-def _edge_values(
-    links: list[Link],
-    query: GraphQuery,
-    ports_text: Callable[[Detail], str],
-    missing: Any,
-) -> list[EdgeValues]:
-    """Each link's ends and values (see :data:`_EDGE_VIEWS`), thickness scaled to the thickest."""
-    weight, values_of = _EDGE_VIEWS[query.stats_type]
-    weights = [weight(v) for _, _, v, _ in links]
-    top = max(weights, default=0.0)
-    scale = 7 / math.sqrt(top) if top > 0 else 0.0
-    rate = 1 / max(query.seconds, 1e-9)
-    sqrt = math.sqrt
-    return [
-        (a, b, values_of(v, w, rate, round(1 + scale * sqrt(w), 2), ports_text(ports), missing))
-        for (a, b, v, ports), w in zip(links, weights, strict=True)
-    ]
-
-
 def _node_rows(nodes: dict[str, _Node], query: GraphQuery, source: str) -> list[Row]:
     seconds = max(query.seconds, 1e-9)
     return [_node_row(query.stats_type, nodes[k], seconds, source) for k in sorted(nodes)]
@@ -528,9 +546,10 @@ def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fi
     """Fields and data of ``query``'s view over ``edges`` (already limited to its window)."""
     nodes, links = _layout(edges, query)
     names = [f["field_name"] for f in EDGE_FIELDS[query.stats_type]]
+    heads: list[Head] = [(f"{a.id}->{b.id}", a.id, b.id) for a, b, _, _ in links]
     edge_rows = [
-        dict(zip(names, (f"{a.id}->{b.id}", a.id, b.id, *vals), strict=True))
-        for a, b, vals in _edge_values(links, query, _ports_text, None)
+        dict(zip(names, row, strict=True))
+        for row in _edge_rows(links, heads, query, _ports_text, None)
     ]
     return fields_for(query.stats_type), {
         "nodes": _node_rows(nodes, query, source),
@@ -543,16 +562,22 @@ assert all(_COLOR.fullmatch(c) for c in (GREEN, YELLOW, ORANGE, RED, BLUE, PURPL
 
 
 def _templates() -> dict[str, str]:
-    """Per view, the JSON text of one edge row with a ``%s`` per field.
+    """Per view, the JSON text of one edge row with a ``%s`` per value.
 
-    The colour is written between quotes as it is: every edge colour is one of
-    the constants above (``#`` and hex digits, nothing JSON escapes).
+    The id is written from the two ends' ids as JSON text without their quotes
+    (``"id":"%s->%s"``), the source and target as JSON text. The colour is
+    written between quotes as it is: every edge colour is one of the constants
+    above (``#`` and hex digits, nothing JSON escapes).
     """
+    head = '"id":"%s->%s","source":%s,"target":%s'
     return {
         view: "{"
         + ",".join(
-            f'"{f["field_name"]}":"%s"' if f["field_name"] == "color" else f'"{f["field_name"]}":%s'
-            for f in fields
+            [head]
+            + [
+                f'"{name}":"%s"' if name == "color" else f'"{name}":%s'
+                for name in (f["field_name"] for f in fields[3:])
+            ]
         )
         + "}"
         for view, fields in EDGE_FIELDS.items()
@@ -561,6 +586,10 @@ def _templates() -> dict[str, str]:
 
 _EDGE_TEMPLATES = _templates()
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def _ports_json(ports: Detail) -> str:
+    return _dumps(_ports_text(ports))
 
 
 def graph_json(edges: EdgeSet, query: GraphQuery, source: str, detail: Any) -> bytes:
@@ -574,25 +603,14 @@ def graph_json(edges: EdgeSet, query: GraphQuery, source: str, detail: Any) -> b
     """
     nodes, links = _layout(edges, query)
     quoted = {n: _dumps(n.id) for n in nodes.values()}
-    ports_json: dict[Detail, str] = {}
-
-    def ports_text(ports: Detail) -> str:
-        text = ports_json.get(ports)
-        if text is None:
-            text = ports_json[ports] = _dumps(_ports_text(ports))
-        return text
-
+    bare = {n: q[1:-1] for n, q in quoted.items()}  # for the edge id
+    heads: list[Head] = [(bare[a], bare[b], quoted[a], quoted[b]) for a, b, _, _ in links]
     template = _EDGE_TEMPLATES[query.stats_type]
-    parts: list[str] = []
-    append = parts.append
-    for a, b, vals in _edge_values(links, query, ports_text, "null"):
-        qa, qb = quoted[a], quoted[b]
-        append(template % (qa[:-1] + "->" + qb[1:], qa, qb, *vals))
     return (
         '{"nodes":'
         + _dumps(_node_rows(nodes, query, source))
         + ',"edges":['
-        + ",".join(parts)
+        + ",".join([template % row for row in _edge_rows(links, heads, query, _ports_json, "null")])
         + '],"detail":'
         + _dumps(detail)
         + "}"
