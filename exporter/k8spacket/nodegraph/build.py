@@ -385,26 +385,35 @@ Head = tuple[str, ...]
 EdgeRows = Callable[[list[Link], list[Head], dict[Detail, str], float, Any], list[tuple[Any, ...]]]
 
 
-def _thickness_scale(weights: list[float]) -> float:
+def _thicknesses(weights: list[float]) -> list[float]:
+    """Each edge's thickness: 1 to 8, as the square root of its weight relative to the thickest.
+
+    Computed once per distinct weight (weights are mostly small counts that repeat).
+    """
     top = max(weights, default=0.0)
-    return 7 / math.sqrt(top) if top > 0 else 0.0
+    scale = 7 / math.sqrt(top) if top > 0 else 0.0
+    sqrt = math.sqrt
+    of = {w: round(1 + scale * sqrt(w), 2) for w in set(weights)}
+    return [of[w] for w in weights]
 
 
 def _edges_connection(
     links: list[Link], heads: list[Head], ports: dict[Detail, str], rate: float, missing: Any
 ) -> list[tuple[Any, ...]]:
     weights = [v[CONNECTIONS] for _, _, v, _ in links]
-    scale, sqrt = _thickness_scale(weights), math.sqrt
     rows: list[tuple[Any, ...]] = []
     append = rows.append
-    for head, (_, _, v, p), connections in zip(heads, links, weights, strict=True):
+    thick = _thicknesses(weights)
+    for head, (_, _, v, p), connections, t in zip(heads, links, weights, thick, strict=True):
         failed_n, reset = v[FAILED], v[RESET]
         total = max(connections, failed_n + reset)
         failed = failed_n / total if total > 0 else 0.0
+        # most edges have no failure: round(x, 4) is x for a zero (of either sign)
+        failed_pct = round(100 * failed, 4) if failed else 100 * failed
         append((
             *head,
-            round(connections * rate, 6), round(100 * failed, 4), failed_n, reset,
-            round(1 + scale * sqrt(connections), 2), _health_color(failed), ports[p],
+            round(connections * rate, 6), failed_pct, failed_n, reset,
+            t, _health_color(failed), ports[p],
             connections, v[SENT], v[RECEIVED],
         ))  # fmt: skip
     return rows
@@ -414,15 +423,15 @@ def _edges_bytes(
     links: list[Link], heads: list[Head], ports: dict[Detail, str], rate: float, missing: Any
 ) -> list[tuple[Any, ...]]:
     weights = [v[SENT] + v[RECEIVED] for _, _, v, _ in links]
-    scale, sqrt = _thickness_scale(weights), math.sqrt
     rows: list[tuple[Any, ...]] = []
     append = rows.append
-    for head, (_, _, v, p), w in zip(heads, links, weights, strict=True):
+    thick = _thicknesses(weights)
+    for head, (_, _, v, p), t in zip(heads, links, thick, strict=True):
         sent, received = v[SENT], v[RECEIVED]
         append((
             *head,
             round(sent * rate, 3), round(received * rate, 3),
-            round(1 + scale * sqrt(w), 2), BLUE, ports[p], v[CONNECTIONS], sent, received,
+            t, BLUE, ports[p], v[CONNECTIONS], sent, received,
         ))  # fmt: skip
     return rows
 
@@ -432,10 +441,12 @@ def _edges_duration(
 ) -> list[tuple[Any, ...]]:
     histograms = [v[BUCKETS0:] for _, _, v, _ in links]
     weights = [sum(h) for h in histograms]  # connections ended: ``ended(v)``
-    scale, sqrt = _thickness_scale(weights), math.sqrt
     rows: list[tuple[Any, ...]] = []
     append = rows.append
-    for head, (_, _, v, p), histogram, count in zip(heads, links, histograms, weights, strict=True):
+    thick = _thicknesses(weights)
+    for head, (_, _, v, p), histogram, count, t in zip(
+        heads, links, histograms, weights, thick, strict=True
+    ):
         mean = _r(v[DURATION_SUM] / count) if count else None
         handshake = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
         p95 = _r(counts_quantile(0.95, histogram, count))
@@ -445,7 +456,7 @@ def _edges_duration(
             missing if handshake is None else handshake,
             missing if p95 is None else p95,
             count,
-            round(1 + scale * sqrt(count), 2), PURPLE, ports[p],
+            t, PURPLE, ports[p],
             v[CONNECTIONS], v[SENT], v[RECEIVED],
         ))  # fmt: skip
     return rows
