@@ -58,7 +58,6 @@ from k8spacket.nodegraph.edges import (
 from k8spacket.nodegraph.query import STATS_TYPES, GraphQuery
 
 Field = dict[str, str]
-Row = dict[str, Any]
 Fields = dict[str, list[Field]]
 Data = dict[str, Any]
 
@@ -267,42 +266,29 @@ def _ports_text(ports: Detail) -> str:
 
 
 # ---------------------------------------------------------------- the views
-def _arcs_connection(v: Values) -> dict[str, float]:
+# The arcs of a node, in field order (they sum to 1; ``arc__none`` last).
+def _arcs_connection(v: Values) -> tuple[float, ...]:
     total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
     if total <= 0:
-        return {"arc__ok": 0, "arc__reset": 0, "arc__failed": 0, "arc__none": 1}
+        return (0, 0, 0, 1)
     failed, reset = v[FAILED] / total, v[RESET] / total
-    return {
-        "arc__ok": max(0.0, 1 - failed - reset),
-        "arc__reset": reset,
-        "arc__failed": failed,
-        "arc__none": 0,
-    }
+    return (max(0.0, 1 - failed - reset), reset, failed, 0)
 
 
-def _arcs_bytes(v: Values) -> dict[str, float]:
+def _arcs_bytes(v: Values) -> tuple[float, ...]:
     total = v[SENT] + v[RECEIVED]
     if total <= 0:
-        return {"arc__received": 0, "arc__answered": 0, "arc__none": 1}
-    return {
-        "arc__received": v[SENT] / total,
-        "arc__answered": max(0.0, 1 - v[SENT] / total),
-        "arc__none": 0,
-    }
+        return (0, 0, 1)
+    return (v[SENT] / total, max(0.0, 1 - v[SENT] / total), 0)
 
 
-def _arcs_duration(v: Values) -> dict[str, float]:
+def _arcs_duration(v: Values) -> tuple[float, ...]:
     total = ended(v)
     if total <= 0:
-        return {"arc__short": 0, "arc__medium": 0, "arc__long": 0, "arc__none": 1}
+        return (0, 0, 0, 1)
     short = sum(v[BUCKETS0:_SHORT_END]) / total
     medium = sum(v[_SHORT_END:_MEDIUM_END]) / total
-    return {
-        "arc__short": short,
-        "arc__medium": medium,
-        "arc__long": max(0.0, 1 - short - medium),
-        "arc__none": 0,
-    }
+    return (short, medium, max(0.0, 1 - short - medium), 0)
 
 
 #: per view, the numbers its node rows read (the others are not summed; None: all of them)
@@ -328,44 +314,49 @@ def _incoming(stats_type: str, ins: list[Values]) -> Values:
     return v
 
 
-def _node_row(stats_type: str, n: _Node, seconds: float, source: str) -> Row:
+def _node_values(stats_type: str, n: _Node, seconds: float, source: str) -> tuple[Any, ...]:
+    """A node's row as its values in field order (``None``: no number).
+
+    :func:`build_graph` zips them with the field names, :func:`graph_json`
+    writes them through a template (:func:`_json_values`).
+    """
     v = _incoming(stats_type, n.incoming)
     kind, ns, wl, _ = n.end
-    row: Row = {"id": n.id, "title": n.title, "subTitle": n.sub}
     if stats_type == "connection":
         total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
-        row["mainStat"] = _r(v[CONNECTIONS] / seconds)
-        row["secondaryStat"] = _r(100 * _share(v[FAILED], total))
-        row.update(_arcs_connection(v))
-        row["detail__connections_in"] = _r(v[CONNECTIONS])
-        row["detail__reset_in"] = _r(v[RESET])
-        row["detail__failed_in"] = _r(v[FAILED])
         color = _health_color(_share(v[FAILED], total)) if total else KIND_COLORS.get(kind, GREY)
+        stats: tuple[Any, ...] = (
+            _r(v[CONNECTIONS] / seconds),
+            _r(100 * _share(v[FAILED], total)),
+            *_arcs_connection(v),
+            _r(v[CONNECTIONS]),
+            _r(v[RESET]),
+            _r(v[FAILED]),
+        )
     elif stats_type == "bytes":
-        row["mainStat"] = _r(v[SENT] / seconds)
-        row["secondaryStat"] = _r(v[RECEIVED] / seconds)
-        row.update(_arcs_bytes(v))
-        row["detail__received_bytes"] = _r(v[SENT])
-        row["detail__answered_bytes"] = _r(v[RECEIVED])
         color = KIND_COLORS.get(kind, GREY)
+        stats = (
+            _r(v[SENT] / seconds),
+            _r(v[RECEIVED] / seconds),
+            *_arcs_bytes(v),
+            _r(v[SENT]),
+            _r(v[RECEIVED]),
+        )
     else:
         count = ended(v)
-        row["mainStat"] = _r(v[DURATION_SUM] / count) if count else None
-        row["secondaryStat"] = _r(quantile(0.95, v, count))
-        row.update(_arcs_duration(v))
-        row["detail__ended"] = _r(count)
-        row["detail__handshake_ms"] = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
         color = KIND_COLORS.get(kind, GREY)
-    row["detail__kind"] = kind
-    row["detail__namespace"] = ns
-    row["detail__workload"] = wl
-    row["detail__addresses"] = _joined(n.addresses)
-    row["detail__ports"] = _joined(n.ports)
-    row["detail__organisation"] = wl if kind == "external" else ""
-    row["detail__country"] = _joined(n.countries)
-    row["detail__source"] = source
-    row["color"] = color
-    return row
+        stats = (
+            _r(v[DURATION_SUM] / count) if count else None,
+            _r(quantile(0.95, v, count)),
+            *_arcs_duration(v),
+            _r(count),
+            _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None,
+        )
+    return (
+        n.id, n.title, n.sub, *stats,
+        kind, ns, wl, _joined(n.addresses), _joined(n.ports),
+        wl if kind == "external" else "", _joined(n.countries), source, color,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- edge values
@@ -486,7 +477,7 @@ def _layout(edges: EdgeSet, query: GraphQuery) -> tuple[dict[str, _Node], list[L
     """The query's nodes (by id) and links: ``edges`` filtered and grouped at its level.
 
     One pass over the edges; each node's incoming numbers are kept for
-    :func:`_node_row`, its details (addresses, ports, countries) collected here.
+    :func:`_node_values`, its details (addresses, ports, countries) collected here.
     The pass makes one link per edge. When no two ends share a node (e.g. the
     workload level with one pod per workload, or the pod level over pods), the
     links are the edges' and nothing is merged; otherwise a second pass over
@@ -520,7 +511,7 @@ def _layout(edges: EdgeSet, query: GraphQuery) -> tuple[dict[str, _Node], list[L
         b = get(d) or node(d)
         v = st.values
         ports = st.ports
-        b.incoming.append(v)  # summed once per node in _node_row
+        b.incoming.append(v)  # summed once per node in _node_values
         if len(b.addresses) < 4 and st.dst_addresses:
             b.addresses.update(st.dst_addresses)
         if len(a.addresses) < 4 and st.src_addresses:
@@ -548,9 +539,10 @@ def _merged(links: list[Link]) -> list[Link]:
     return [(a, b, v, ports) for (a, b), (v, ports) in merged.items()]
 
 
-def _node_rows(nodes: dict[str, _Node], query: GraphQuery, source: str) -> list[Row]:
+def _node_rows(nodes: dict[str, _Node], query: GraphQuery, source: str) -> list[tuple[Any, ...]]:
+    """The nodes' rows (:func:`_node_values`), by id."""
     seconds = max(query.seconds, 1e-9)
-    return [_node_row(query.stats_type, nodes[k], seconds, source) for k in sorted(nodes)]
+    return [_node_values(query.stats_type, nodes[k], seconds, source) for k in sorted(nodes)]
 
 
 def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fields, Data]:
@@ -562,8 +554,11 @@ def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fi
         dict(zip(names, row, strict=True))
         for row in _edge_rows(links, heads, query, _ports_text, None)
     ]
+    node_names = [f["field_name"] for f in NODE_FIELDS[query.stats_type]]
     return fields_for(query.stats_type), {
-        "nodes": _node_rows(nodes, query, source),
+        "nodes": [
+            dict(zip(node_names, row, strict=True)) for row in _node_rows(nodes, query, source)
+        ],
         "edges": edge_rows,
     }
 
@@ -596,7 +591,22 @@ def _templates() -> dict[str, str]:
 
 
 _EDGE_TEMPLATES = _templates()
+#: per view, the JSON text of one node row with a ``%s`` per field (see :func:`_json_values`)
+_NODE_TEMPLATES = {
+    view: "{" + ",".join(f'"{f["field_name"]}":%s' for f in fields) + "}"
+    for view, fields in NODE_FIELDS.items()
+}
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+#: a string as JSON text, as ``_dumps`` writes it (``ensure_ascii=False``)
+_quote = json.encoder.encode_basestring
+
+
+def _json_values(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row's values for a ``%s`` template: strings as JSON text, ``None`` as ``null``.
+
+    Numbers stay as they are: ``%s`` writes them as ``json`` does (``repr``).
+    """
+    return tuple([_quote(x) if x.__class__ is str else "null" if x is None else x for x in row])
 
 
 def _ports_json(ports: Detail) -> str:
@@ -606,21 +616,22 @@ def _ports_json(ports: Detail) -> str:
 def graph_json(edges: EdgeSet, query: GraphQuery, source: str, detail: Any) -> bytes:
     """The data answer as JSON bytes, equal to ``json.dumps`` of :func:`build_graph`'s data.
 
-    The edge rows (most of an answer) are written from a per-view template
-    instead of being built as dicts and serialised; ``tests/test_nodegraph_api``
-    holds the two equal and ``tests/test_nodegraph_golden`` the bytes. Numbers
-    are written as ``json`` writes them (``repr``), a missing number as
-    ``null``, strings escaped by ``json`` once per node id and ports text.
+    Node and edge rows are written from per-view templates instead of being
+    built as dicts and serialised; ``tests/test_nodegraph_api`` holds the two
+    equal and ``tests/test_nodegraph_golden`` the bytes. Numbers are written as
+    ``json`` writes them (``repr``), a missing number as ``null``, strings
+    escaped by ``json`` (in edge rows once per node id and ports text).
     """
     nodes, links = _layout(edges, query)
     quoted = {n: _dumps(n.id) for n in nodes.values()}
     bare = {n: q[1:-1] for n, q in quoted.items()}  # for the edge id
     heads: list[Head] = [(bare[a], bare[b], quoted[a], quoted[b]) for a, b, _, _ in links]
     template = _EDGE_TEMPLATES[query.stats_type]
+    node_template = _NODE_TEMPLATES[query.stats_type]
     return (
-        '{"nodes":'
-        + _dumps(_node_rows(nodes, query, source))
-        + ',"edges":['
+        '{"nodes":['
+        + ",".join([node_template % _json_values(row) for row in _node_rows(nodes, query, source)])
+        + '],"edges":['
         + ",".join([template % row for row in _edge_rows(links, heads, query, _ports_json, "null")])
         + '],"detail":'
         + _dumps(detail)
