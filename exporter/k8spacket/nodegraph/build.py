@@ -51,13 +51,13 @@ from k8spacket.nodegraph.edges import (
     EdgeSet,
     End,
     Values,
+    counts_quantile,
     ended,
     quantile,
 )
 from k8spacket.nodegraph.query import STATS_TYPES, GraphQuery
 
 Field = dict[str, str]
-Row = dict[str, Any]
 Fields = dict[str, list[Field]]
 Data = dict[str, Any]
 
@@ -266,42 +266,29 @@ def _ports_text(ports: Detail) -> str:
 
 
 # ---------------------------------------------------------------- the views
-def _arcs_connection(v: Values) -> dict[str, float]:
+# The arcs of a node, in field order (they sum to 1; ``arc__none`` last).
+def _arcs_connection(v: Values) -> tuple[float, ...]:
     total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
     if total <= 0:
-        return {"arc__ok": 0, "arc__reset": 0, "arc__failed": 0, "arc__none": 1}
+        return (0, 0, 0, 1)
     failed, reset = v[FAILED] / total, v[RESET] / total
-    return {
-        "arc__ok": max(0.0, 1 - failed - reset),
-        "arc__reset": reset,
-        "arc__failed": failed,
-        "arc__none": 0,
-    }
+    return (max(0.0, 1 - failed - reset), reset, failed, 0)
 
 
-def _arcs_bytes(v: Values) -> dict[str, float]:
+def _arcs_bytes(v: Values) -> tuple[float, ...]:
     total = v[SENT] + v[RECEIVED]
     if total <= 0:
-        return {"arc__received": 0, "arc__answered": 0, "arc__none": 1}
-    return {
-        "arc__received": v[SENT] / total,
-        "arc__answered": max(0.0, 1 - v[SENT] / total),
-        "arc__none": 0,
-    }
+        return (0, 0, 1)
+    return (v[SENT] / total, max(0.0, 1 - v[SENT] / total), 0)
 
 
-def _arcs_duration(v: Values) -> dict[str, float]:
+def _arcs_duration(v: Values) -> tuple[float, ...]:
     total = ended(v)
     if total <= 0:
-        return {"arc__short": 0, "arc__medium": 0, "arc__long": 0, "arc__none": 1}
+        return (0, 0, 0, 1)
     short = sum(v[BUCKETS0:_SHORT_END]) / total
     medium = sum(v[_SHORT_END:_MEDIUM_END]) / total
-    return {
-        "arc__short": short,
-        "arc__medium": medium,
-        "arc__long": max(0.0, 1 - short - medium),
-        "arc__none": 0,
-    }
+    return (short, medium, max(0.0, 1 - short - medium), 0)
 
 
 #: per view, the numbers its node rows read (the others are not summed; None: all of them)
@@ -327,135 +314,196 @@ def _incoming(stats_type: str, ins: list[Values]) -> Values:
     return v
 
 
-def _node_row(stats_type: str, n: _Node, seconds: float, source: str) -> Row:
+def _node_values(stats_type: str, n: _Node, seconds: float, source: str) -> tuple[Any, ...]:
+    """A node's row as its values in field order (``None``: no number).
+
+    :func:`build_graph` zips them with the field names, :func:`graph_json`
+    writes them through a template (:func:`_json_values`).
+    """
     v = _incoming(stats_type, n.incoming)
     kind, ns, wl, _ = n.end
-    row: Row = {"id": n.id, "title": n.title, "subTitle": n.sub}
     if stats_type == "connection":
         total = max(v[CONNECTIONS], v[FAILED] + v[RESET])
-        row["mainStat"] = _r(v[CONNECTIONS] / seconds)
-        row["secondaryStat"] = _r(100 * _share(v[FAILED], total))
-        row.update(_arcs_connection(v))
-        row["detail__connections_in"] = _r(v[CONNECTIONS])
-        row["detail__reset_in"] = _r(v[RESET])
-        row["detail__failed_in"] = _r(v[FAILED])
         color = _health_color(_share(v[FAILED], total)) if total else KIND_COLORS.get(kind, GREY)
+        stats: tuple[Any, ...] = (
+            _r(v[CONNECTIONS] / seconds),
+            _r(100 * _share(v[FAILED], total)),
+            *_arcs_connection(v),
+            _r(v[CONNECTIONS]),
+            _r(v[RESET]),
+            _r(v[FAILED]),
+        )
     elif stats_type == "bytes":
-        row["mainStat"] = _r(v[SENT] / seconds)
-        row["secondaryStat"] = _r(v[RECEIVED] / seconds)
-        row.update(_arcs_bytes(v))
-        row["detail__received_bytes"] = _r(v[SENT])
-        row["detail__answered_bytes"] = _r(v[RECEIVED])
         color = KIND_COLORS.get(kind, GREY)
+        stats = (
+            _r(v[SENT] / seconds),
+            _r(v[RECEIVED] / seconds),
+            *_arcs_bytes(v),
+            _r(v[SENT]),
+            _r(v[RECEIVED]),
+        )
     else:
         count = ended(v)
-        row["mainStat"] = _r(v[DURATION_SUM] / count) if count else None
-        row["secondaryStat"] = _r(quantile(0.95, v, count))
-        row.update(_arcs_duration(v))
-        row["detail__ended"] = _r(count)
-        row["detail__handshake_ms"] = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
         color = KIND_COLORS.get(kind, GREY)
-    row["detail__kind"] = kind
-    row["detail__namespace"] = ns
-    row["detail__workload"] = wl
-    row["detail__addresses"] = _joined(n.addresses)
-    row["detail__ports"] = _joined(n.ports)
-    row["detail__organisation"] = wl if kind == "external" else ""
-    row["detail__country"] = _joined(n.countries)
-    row["detail__source"] = source
-    row["color"] = color
-    return row
+        stats = (
+            _r(v[DURATION_SUM] / count) if count else None,
+            _r(quantile(0.95, v, count)),
+            *_arcs_duration(v),
+            _r(count),
+            _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None,
+        )
+    return (
+        n.id, n.title, n.sub, *stats,
+        kind, ns, wl, _joined(n.addresses), _joined(n.ports),
+        wl if kind == "external" else "", _joined(n.countries), source, color,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- edge values
-# Per view, an edge's *weight* (what its thickness follows) and its values after
-# ``id``, ``source``, ``target``, in field order. One function per view serves
-# both outputs: ``ports`` is the ports text as the caller writes it (plain for
-# :func:`build_graph`'s rows, JSON text for :func:`graph_json`), ``missing`` what
-# stands for "no number" (``None``, or ``"null"`` for the JSON text). The colour
-# is the 5th value from the end, the ports text the 4th.
-EdgeValuesOf = Callable[[Values, float, float, float, str, Any], tuple[Any, ...]]
-
-
-def _weight_connection(v: Values) -> float:
-    return v[CONNECTIONS]
-
-
-def _weight_bytes(v: Values) -> float:
-    return v[SENT] + v[RECEIVED]
-
-
-def _edge_connection(
-    v: Values, w: float, rate: float, thick: float, ports: str, missing: Any
-) -> tuple[Any, ...]:
-    connections, failed_n, reset = v[CONNECTIONS], v[FAILED], v[RESET]
-    total = max(connections, failed_n + reset)
-    failed = failed_n / total if total > 0 else 0.0
-    return (
-        round(connections * rate, 6), round(100 * failed, 4), failed_n, reset,
-        thick, _health_color(failed), ports, connections, v[SENT], v[RECEIVED],
-    )  # fmt: skip
-
-
-def _edge_bytes(
-    v: Values, w: float, rate: float, thick: float, ports: str, missing: Any
-) -> tuple[Any, ...]:
-    sent, received = v[SENT], v[RECEIVED]
-    return (
-        round(sent * rate, 3), round(received * rate, 3),
-        thick, BLUE, ports, v[CONNECTIONS], sent, received,
-    )  # fmt: skip
-
-
-def _edge_duration(
-    v: Values, count: float, rate: float, thick: float, ports: str, missing: Any
-) -> tuple[Any, ...]:
-    mean = _r(v[DURATION_SUM] / count) if count else None
-    handshake = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
-    p95 = _r(quantile(0.95, v, count))
-    return (
-        missing if mean is None else mean,
-        missing if handshake is None else handshake,
-        missing if p95 is None else p95,
-        count,
-        thick, PURPLE, ports, v[CONNECTIONS], v[SENT], v[RECEIVED],
-    )  # fmt: skip
-
-
-#: per view: (weight, values); the duration view's weight is its ``detail__ended``
-_EDGE_VIEWS: dict[str, tuple[Callable[[Values], float], EdgeValuesOf]] = {
-    "connection": (_weight_connection, _edge_connection),
-    "bytes": (_weight_bytes, _edge_bytes),
-    "duration": (ended, _edge_duration),
-}
+# Per view, one function writes every link's edge row as a tuple in field order:
+# the row's ``head`` (id, source, target, as the caller writes them) followed by
+# the view's values. The same function serves both outputs: :func:`build_graph`
+# zips the tuples with the field names, :func:`graph_json` writes them through a
+# template. ``ports`` maps each link's server ports to their text as the caller
+# writes it (plain, or JSON text), ``missing`` stands for "no number" (``None``,
+# or ``"null"`` for the JSON text), ``rate`` is 1 / the window's seconds. An
+# edge is as thick as its *weight* (the view's main number) relative to the
+# thickest. A loop per view, no call per edge: this is most of an answer.
 
 #: (source node, target node, summed numbers, server ports) of one edge of the view
 Link = tuple[_Node, _Node, Values, Detail]
-EdgeValues = tuple[_Node, _Node, tuple[Any, ...]]
+Head = tuple[str, ...]
+EdgeRows = Callable[[list[Link], list[Head], dict[Detail, str], float, Any], list[tuple[Any, ...]]]
+
+
+def _thicknesses(weights: list[float]) -> list[float]:
+    """Each edge's thickness: 1 to 8, as the square root of its weight relative to the thickest.
+
+    Computed once per distinct weight (weights are mostly small counts that repeat).
+    """
+    top = max(weights, default=0.0)
+    scale = 7 / math.sqrt(top) if top > 0 else 0.0
+    sqrt = math.sqrt
+    of = {w: round(1 + scale * sqrt(w), 2) for w in set(weights)}
+    return [of[w] for w in weights]
+
+
+def _edges_connection(
+    links: list[Link], heads: list[Head], ports: dict[Detail, str], rate: float, missing: Any
+) -> list[tuple[Any, ...]]:
+    weights = [v[CONNECTIONS] for _, _, v, _ in links]
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    thick = _thicknesses(weights)
+    for head, (_, _, v, p), connections, t in zip(heads, links, weights, thick, strict=True):
+        failed_n, reset = v[FAILED], v[RESET]
+        total = max(connections, failed_n + reset)
+        failed = failed_n / total if total > 0 else 0.0
+        # most edges have no failure: round(x, 4) is x for a zero (of either sign)
+        failed_pct = round(100 * failed, 4) if failed else 100 * failed
+        append((
+            *head,
+            round(connections * rate, 6), failed_pct, failed_n, reset,
+            t, _health_color(failed), ports[p],
+            connections, v[SENT], v[RECEIVED],
+        ))  # fmt: skip
+    return rows
+
+
+def _edges_bytes(
+    links: list[Link], heads: list[Head], ports: dict[Detail, str], rate: float, missing: Any
+) -> list[tuple[Any, ...]]:
+    weights = [v[SENT] + v[RECEIVED] for _, _, v, _ in links]
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    thick = _thicknesses(weights)
+    for head, (_, _, v, p), t in zip(heads, links, thick, strict=True):
+        sent, received = v[SENT], v[RECEIVED]
+        append((
+            *head,
+            round(sent * rate, 3), round(received * rate, 3),
+            t, BLUE, ports[p], v[CONNECTIONS], sent, received,
+        ))  # fmt: skip
+    return rows
+
+
+def _edges_duration(
+    links: list[Link], heads: list[Head], ports: dict[Detail, str], rate: float, missing: Any
+) -> list[tuple[Any, ...]]:
+    histograms = [v[BUCKETS0:] for _, _, v, _ in links]
+    weights = [sum(h) for h in histograms]  # connections ended: ``ended(v)``
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    thick = _thicknesses(weights)
+    for head, (_, _, v, p), histogram, count, t in zip(
+        heads, links, histograms, weights, thick, strict=True
+    ):
+        mean = _r(v[DURATION_SUM] / count) if count else None
+        handshake = _r(1000 * v[HS_SUM] / v[HS_COUNT]) if v[HS_COUNT] else None
+        p95 = _r(counts_quantile(0.95, histogram, count))
+        append((
+            *head,
+            missing if mean is None else mean,
+            missing if handshake is None else handshake,
+            missing if p95 is None else p95,
+            count,
+            t, PURPLE, ports[p],
+            v[CONNECTIONS], v[SENT], v[RECEIVED],
+        ))  # fmt: skip
+    return rows
+
+
+_EDGE_ROWS: dict[str, EdgeRows] = {
+    "connection": _edges_connection,
+    "bytes": _edges_bytes,
+    "duration": _edges_duration,
+}
+
+
+def _edge_rows(
+    links: list[Link],
+    heads: list[Head],
+    query: GraphQuery,
+    ports_text: Callable[[Detail], str],
+    missing: Any,
+) -> list[tuple[Any, ...]]:
+    """The view's edge rows (see :data:`_EDGE_ROWS`), ports texts made once per distinct set."""
+    ports = {p: ports_text(p) for p in {link[3] for link in links}}
+    rate = 1 / max(query.seconds, 1e-9)
+    return _EDGE_ROWS[query.stats_type](links, heads, ports, rate, missing)
 
 
 def _layout(edges: EdgeSet, query: GraphQuery) -> tuple[dict[str, _Node], list[Link]]:
     """The query's nodes (by id) and links: ``edges`` filtered and grouped at its level.
 
     One pass over the edges; each node's incoming numbers are kept for
-    :func:`_node_row`, its details (addresses, ports, countries) collected here.
+    :func:`_node_values`, its details (addresses, ports, countries) collected here.
+    The pass makes one link per edge. When no two ends share a node (e.g. the
+    workload level with one pod per workload, or the pod level over pods), the
+    links are the edges' and nothing is merged; otherwise a second pass over
+    the links merges those between the same two nodes, in edge order (the sums
+    and sets are those of merging as they come).
     """
     keep = _matcher(query)
     level = query.level
     nodes: dict[str, _Node] = {}
     by_end: dict[End, _Node] = {}
-    links: dict[tuple[_Node, _Node], tuple[Values, Detail]] = {}
+    shared = False  # some node has more than one end: links may need merging
 
     def node(e: End) -> _Node:
+        nonlocal shared
         g = _group(level, e)
         n = nodes.get(g[0])
         if n is None:
             n = nodes[g[0]] = _Node(*g)
+        else:
+            shared = True
         by_end[e] = n
         return n
 
     get = by_end.get
-    link_of = links.get
+    out: list[Link] = []
+    append = out.append
     for (s, d), st in edges.edges.items():
         if keep is not None and not keep(s, d, st.src_addresses, st.dst_addresses):
             continue
@@ -463,7 +511,7 @@ def _layout(edges: EdgeSet, query: GraphQuery) -> tuple[dict[str, _Node], list[L
         b = get(d) or node(d)
         v = st.values
         ports = st.ports
-        b.incoming.append(v)  # summed once per node in _node_row
+        b.incoming.append(v)  # summed once per node in _node_values
         if len(b.addresses) < 4 and st.dst_addresses:
             b.addresses.update(st.dst_addresses)
         if len(a.addresses) < 4 and st.src_addresses:
@@ -474,49 +522,43 @@ def _layout(edges: EdgeSet, query: GraphQuery) -> tuple[dict[str, _Node], list[L
             b.countries.update(st.dst_countries)
         if st.src_countries:
             a.countries.update(st.src_countries)
-        link = link_of((a, b))
+        append((a, b, v, ports))
+    return nodes, (_merged(out) if shared else out)
+
+
+def _merged(links: list[Link]) -> list[Link]:
+    """``links`` with those between the same two nodes summed (first one's place, edge order)."""
+    merged: dict[tuple[_Node, _Node], tuple[Values, Detail]] = {}
+    for a, b, v, ports in links:
+        link = merged.get((a, b))
         if link is None:
-            links[(a, b)] = (v, ports)
+            merged[(a, b)] = (v, ports)
         else:
-            merged = link[1] if len(link[1]) >= 8 or not ports else link[1] | ports
-            links[(a, b)] = (list(map(add, link[0], v)), merged)
-    return nodes, [(a, b, v, ports) for (a, b), (v, ports) in links.items()]
+            union = link[1] if len(link[1]) >= 8 or not ports else link[1] | ports
+            merged[(a, b)] = (list(map(add, link[0], v)), union)
+    return [(a, b, v, ports) for (a, b), (v, ports) in merged.items()]
 
 
-def _edge_values(
-    links: list[Link],
-    query: GraphQuery,
-    ports_text: Callable[[Detail], str],
-    missing: Any,
-) -> list[EdgeValues]:
-    """Each link's ends and values (see :data:`_EDGE_VIEWS`), thickness scaled to the thickest."""
-    weight, values_of = _EDGE_VIEWS[query.stats_type]
-    weights = [weight(v) for _, _, v, _ in links]
-    top = max(weights, default=0.0)
-    scale = 7 / math.sqrt(top) if top > 0 else 0.0
-    rate = 1 / max(query.seconds, 1e-9)
-    sqrt = math.sqrt
-    return [
-        (a, b, values_of(v, w, rate, round(1 + scale * sqrt(w), 2), ports_text(ports), missing))
-        for (a, b, v, ports), w in zip(links, weights, strict=True)
-    ]
-
-
-def _node_rows(nodes: dict[str, _Node], query: GraphQuery, source: str) -> list[Row]:
+def _node_rows(nodes: dict[str, _Node], query: GraphQuery, source: str) -> list[tuple[Any, ...]]:
+    """The nodes' rows (:func:`_node_values`), by id."""
     seconds = max(query.seconds, 1e-9)
-    return [_node_row(query.stats_type, nodes[k], seconds, source) for k in sorted(nodes)]
+    return [_node_values(query.stats_type, nodes[k], seconds, source) for k in sorted(nodes)]
 
 
 def build_graph(edges: EdgeSet, query: GraphQuery, source: str = "") -> tuple[Fields, Data]:
     """Fields and data of ``query``'s view over ``edges`` (already limited to its window)."""
     nodes, links = _layout(edges, query)
     names = [f["field_name"] for f in EDGE_FIELDS[query.stats_type]]
+    heads: list[Head] = [(f"{a.id}->{b.id}", a.id, b.id) for a, b, _, _ in links]
     edge_rows = [
-        dict(zip(names, (f"{a.id}->{b.id}", a.id, b.id, *vals), strict=True))
-        for a, b, vals in _edge_values(links, query, _ports_text, None)
+        dict(zip(names, row, strict=True))
+        for row in _edge_rows(links, heads, query, _ports_text, None)
     ]
+    node_names = [f["field_name"] for f in NODE_FIELDS[query.stats_type]]
     return fields_for(query.stats_type), {
-        "nodes": _node_rows(nodes, query, source),
+        "nodes": [
+            dict(zip(node_names, row, strict=True)) for row in _node_rows(nodes, query, source)
+        ],
         "edges": edge_rows,
     }
 
@@ -526,16 +568,22 @@ assert all(_COLOR.fullmatch(c) for c in (GREEN, YELLOW, ORANGE, RED, BLUE, PURPL
 
 
 def _templates() -> dict[str, str]:
-    """Per view, the JSON text of one edge row with a ``%s`` per field.
+    """Per view, the JSON text of one edge row with a ``%s`` per value.
 
-    The colour is written between quotes as it is: every edge colour is one of
-    the constants above (``#`` and hex digits, nothing JSON escapes).
+    The id is written from the two ends' ids as JSON text without their quotes
+    (``"id":"%s->%s"``), the source and target as JSON text. The colour is
+    written between quotes as it is: every edge colour is one of the constants
+    above (``#`` and hex digits, nothing JSON escapes).
     """
+    head = '"id":"%s->%s","source":%s,"target":%s'
     return {
         view: "{"
         + ",".join(
-            f'"{f["field_name"]}":"%s"' if f["field_name"] == "color" else f'"{f["field_name"]}":%s'
-            for f in fields
+            [head]
+            + [
+                f'"{name}":"%s"' if name == "color" else f'"{name}":%s'
+                for name in (f["field_name"] for f in fields[3:])
+            ]
         )
         + "}"
         for view, fields in EDGE_FIELDS.items()
@@ -543,39 +591,48 @@ def _templates() -> dict[str, str]:
 
 
 _EDGE_TEMPLATES = _templates()
+#: per view, the JSON text of one node row with a ``%s`` per field (see :func:`_json_values`)
+_NODE_TEMPLATES = {
+    view: "{" + ",".join(f'"{f["field_name"]}":%s' for f in fields) + "}"
+    for view, fields in NODE_FIELDS.items()
+}
 _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+#: a string as JSON text, as ``_dumps`` writes it (``ensure_ascii=False``)
+_quote = json.encoder.encode_basestring
+
+
+def _json_values(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row's values for a ``%s`` template: strings as JSON text, ``None`` as ``null``.
+
+    Numbers stay as they are: ``%s`` writes them as ``json`` does (``repr``).
+    """
+    return tuple([_quote(x) if x.__class__ is str else "null" if x is None else x for x in row])
+
+
+def _ports_json(ports: Detail) -> str:
+    return _dumps(_ports_text(ports))
 
 
 def graph_json(edges: EdgeSet, query: GraphQuery, source: str, detail: Any) -> bytes:
     """The data answer as JSON bytes, equal to ``json.dumps`` of :func:`build_graph`'s data.
 
-    The edge rows (most of an answer) are written from a per-view template
-    instead of being built as dicts and serialised; ``tests/test_nodegraph_api``
-    holds the two equal and ``tests/test_nodegraph_golden`` the bytes. Numbers
-    are written as ``json`` writes them (``repr``), a missing number as
-    ``null``, strings escaped by ``json`` once per node id and ports text.
+    Node and edge rows are written from per-view templates instead of being
+    built as dicts and serialised; ``tests/test_nodegraph_api`` holds the two
+    equal and ``tests/test_nodegraph_golden`` the bytes. Numbers are written as
+    ``json`` writes them (``repr``), a missing number as ``null``, strings
+    escaped by ``json`` (in edge rows once per node id and ports text).
     """
     nodes, links = _layout(edges, query)
     quoted = {n: _dumps(n.id) for n in nodes.values()}
-    ports_json: dict[Detail, str] = {}
-
-    def ports_text(ports: Detail) -> str:
-        text = ports_json.get(ports)
-        if text is None:
-            text = ports_json[ports] = _dumps(_ports_text(ports))
-        return text
-
+    bare = {n: q[1:-1] for n, q in quoted.items()}  # for the edge id
+    heads: list[Head] = [(bare[a], bare[b], quoted[a], quoted[b]) for a, b, _, _ in links]
     template = _EDGE_TEMPLATES[query.stats_type]
-    parts: list[str] = []
-    append = parts.append
-    for a, b, vals in _edge_values(links, query, ports_text, "null"):
-        qa, qb = quoted[a], quoted[b]
-        append(template % (qa[:-1] + "->" + qb[1:], qa, qb, *vals))
+    node_template = _NODE_TEMPLATES[query.stats_type]
     return (
-        '{"nodes":'
-        + _dumps(_node_rows(nodes, query, source))
-        + ',"edges":['
-        + ",".join(parts)
+        '{"nodes":['
+        + ",".join([node_template % _json_values(row) for row in _node_rows(nodes, query, source)])
+        + '],"edges":['
+        + ",".join([template % row for row in _edge_rows(links, heads, query, _ports_json, "null")])
         + '],"detail":'
         + _dumps(detail)
         + "}"

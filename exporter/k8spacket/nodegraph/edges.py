@@ -197,8 +197,11 @@ def quantile(q: float, values: Sequence[float], total: float | None = None) -> f
     when the caller has it already.
     """
     counts = values[BUCKETS0:]
-    if total is None:
-        total = sum(counts)
+    return counts_quantile(q, counts, sum(counts) if total is None else total)
+
+
+def counts_quantile(q: float, counts: Sequence[float], total: float) -> float | None:
+    """:func:`quantile` of the histogram's counts alone (``values[BUCKETS0:]``, their sum)."""
     if total <= 0:
         return None
     rank = q * total
