@@ -213,8 +213,12 @@ class CaptureReader:
                 # the kernel hands over a block that is not full only after its
                 # timeout: wait for it, so the last packets are not left behind
                 time.sleep(max(r.block_timeout for r in rings.values()) + 0.005)
+            # every ring drained before any is closed: closing a ring releases its
+            # connections' ownership, and another ring's copies of their packets,
+            # still unread, would then be counted as new connections
             for ring in list(rings.values()):
                 self._drain(ring)
+            for ring in list(rings.values()):
                 self._close(ep, ring, keep_stats=True)
             ep.close()
             os.close(self._wake)
