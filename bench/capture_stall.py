@@ -9,7 +9,12 @@ with
 
 * 500,000 open connections in the tracker (synthetic handshakes fed to the
   tracker before the run; the reader's old owner table, scanned whole on every
-  sweep, is gone from the code and not emulated in "before");
+  sweep, is gone from the code and not emulated in "before"). By default
+  their first records are published before the run (the steady state of a
+  node with that many open connections); ``--burst`` leaves them to fall due
+  during it (500,000 new connections within seconds, which the publisher
+  names beside the capture thread). Conntrack is off (the
+  lab's one connection is not NATed);
 * the traffic families filled to the full series budget (10,000 label sets in
   each of the seven families);
 * a thread scraping ``/metrics`` back to back for the whole run;
@@ -35,7 +40,8 @@ done, kernel drops, and the cyclic garbage collector's passes during the run
 (full ones: how many and the longest; the longest young one). Figures only;
 nothing is asserted.
 
-Run as root: ``python bench/capture_stall.py [--connections 500000] [--seconds 12]``.
+Run as root: ``python bench/capture_stall.py [--connections 500000] [--seconds 12]
+[--designs idle,before,after] [--burst]``.
 """
 
 from __future__ import annotations
@@ -128,7 +134,9 @@ def fill_metrics(agent: Any, label_sets: int) -> None:
         agent.traffic.record(record(i))
 
 
-def run_design(design: str, connections: int, seconds: float, port: int) -> dict[str, Any]:
+def run_design(
+    design: str, connections: int, seconds: float, port: int, burst: bool = False
+) -> dict[str, Any]:
     from prometheus_client import generate_latest
 
     from k8spacket.agent import Agent
@@ -139,7 +147,7 @@ def run_design(design: str, connections: int, seconds: float, port: int) -> dict
     settings = load_settings(
         sets=["kubernetes.enabled=false", "enrichment.geoip.enabled=false",
               "tracker.flushPeriod=5s", "tracker.closeOlderThan=120s",
-              "tracker.maxConnections=1000000"],
+              "tracker.maxConnections=1000000", "capture.conntrack=false"],
         listen=f"127.0.0.1:{port}",
     )  # fmt: skip
     agent = Agent(settings, supervisor=Supervisor())
@@ -149,6 +157,7 @@ def run_design(design: str, connections: int, seconds: float, port: int) -> dict
     else:
         fill_metrics(agent, settings.metrics.series_budget)
     t0 = time.perf_counter()
+    filled_at = time.time()
     fill_tracker(agent, connections)
     fill_secs = time.perf_counter() - t0
 
@@ -170,6 +179,19 @@ def run_design(design: str, connections: int, seconds: float, port: int) -> dict
         scrape: Callable[[], bytes] = lambda: generate_latest(agent.registry)  # noqa: E731
     else:
         scrape = lambda: agent.registry.scrape(PROMETHEUS_2_ACCEPT, "gzip")[0]  # noqa: E731
+
+    warm_secs = 0.0
+    if connections and not burst:
+        # steady state: every connection's first record is published (named,
+        # stored, counted) before the run, on this thread; with --burst they all
+        # fall due during it instead: 500,000 new connections at once
+        t0 = time.perf_counter()
+        sink = agent.tracker.sink
+        if design != "before":
+            agent.tracker.sink = agent.publisher.publish
+        agent.tracker.sweep(filled_at + settings.tracker.flush_period)
+        agent.tracker.sink = sink
+        warm_secs = time.perf_counter() - t0
 
     drains: list[float] = []
     original_drain = agent.reader._drain
@@ -238,6 +260,7 @@ def run_design(design: str, connections: int, seconds: float, port: int) -> dict
     return {
         "design": design,
         "fill_seconds": fill_secs,
+        "warm_seconds": warm_secs,
         "tracked": connections,
         "drains": len(window),
         "max_gap_ms": 1000 * gaps[-1] if gaps else float("nan"),
@@ -258,9 +281,9 @@ def run_design(design: str, connections: int, seconds: float, port: int) -> dict
 DESIGNS = ("idle", "before", "after")
 
 
-def child(connections: int, seconds: float, port: int, designs: list[str]) -> None:
+def child(connections: int, seconds: float, port: int, designs: list[str], burst: bool) -> None:
     for design in designs:
-        print(json.dumps(run_design(design, connections, seconds, port)), flush=True)
+        print(json.dumps(run_design(design, connections, seconds, port, burst)), flush=True)
         gc.collect()
 
 
@@ -271,11 +294,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--designs", default=",".join(DESIGNS),
                         help="which runs, comma-separated (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--burst", action="store_true",
+                        help="the connections' first records fall due during the run "
+                             "(default: published before it, the steady state)")  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=16676, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.connections, args.seconds, args.port, args.designs.split(","))
+        child(args.connections, args.seconds, args.port, args.designs.split(","), args.burst)
         return
 
     from netlab import NetLab
@@ -291,15 +317,17 @@ def main() -> None:
         proc = lab.popen_in(
             lab.nodes["n1"],
             [sys.executable, __file__, "--child", "--connections", str(args.connections),
-             "--seconds", str(args.seconds), "--designs", args.designs],
+             "--seconds", str(args.seconds), "--designs", args.designs,
+             *(["--burst"] if args.burst else [])],
             stdout=subprocess.PIPE,
             stderr=None,  # the child's log and errors go to ours
         )  # fmt: skip
         out, _ = proc.communicate(timeout=1800)
     rows = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
     print(
-        f"capture-thread stall, {args.connections:,} open connections, full-budget scrape "
-        f"running, {args.seconds:g}s each"
+        f"capture-thread stall, {args.connections:,} open connections "
+        f"({'first records due during the run' if args.burst else 'first records published before'}), "
+        f"full-budget scrape running, {args.seconds:g}s each"
     )
     cols = [
         ("design", "design", "{}"),
