@@ -157,7 +157,6 @@ def run_design(
     else:
         fill_metrics(agent, settings.metrics.series_budget)
     t0 = time.perf_counter()
-    filled_at = time.time()
     fill_tracker(agent, connections)
     fill_secs = time.perf_counter() - t0
 
@@ -189,7 +188,7 @@ def run_design(
         sink = agent.tracker.sink
         if design != "before":
             agent.tracker.sink = agent.publisher.publish
-        agent.tracker.sweep(filled_at + settings.tracker.flush_period)
+        agent.tracker.sweep(time.time() + settings.tracker.flush_period)  # all due
         agent.tracker.sink = sink
         warm_secs = time.perf_counter() - t0
 
