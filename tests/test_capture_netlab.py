@@ -46,3 +46,36 @@ def test_cleanup_runs_when_the_body_fails() -> None:
         lab.ip("link", "set", "nonexistent0", "up", netns=lab.nodes["n1"].netns)
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert prefix not in listed
+
+
+def test_cleanup_runs_when_the_program_is_terminated() -> None:
+    """A SIGTERM (a ``timeout`` or a ``kill`` of a benchmark) still deletes the namespaces."""
+    import signal
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from netlab import NetLab\n"
+        "with NetLab() as lab:\n"
+        "    lab.add_pod('a', '10.213.1.2/24')\n"
+        "    print(lab.prefix, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        prefix = proc.stdout.readline().strip()
+        assert prefix
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert prefix in listed  # the lab is up
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert prefix not in listed

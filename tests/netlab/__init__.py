@@ -42,8 +42,10 @@ import contextlib
 import ipaddress
 import secrets
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -105,6 +107,7 @@ class NetLab:
 
     # ----------------------------------------------------------- lifecycle
     def __enter__(self) -> NetLab:
+        self._catch_sigterm()
         try:
             self.add_node(self._first_node)
         except BaseException:
@@ -120,11 +123,32 @@ class NetLab:
     ) -> None:
         self.close()
 
+    def _catch_sigterm(self) -> None:
+        """A SIGTERM (``timeout``, ``kill``) ends the program through ``close``.
+
+        Python's default for SIGTERM is to die at once, leaving the namespaces
+        behind. Only from the main thread, and only when nothing else handles
+        the signal; :meth:`close` puts the default back.
+        """
+        self._sigterm_installed = False
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        ):
+
+            def terminate(signum: int, frame: object) -> None:
+                raise SystemExit(128 + signum)
+
+            signal.signal(signal.SIGTERM, terminate)
+            self._sigterm_installed = True
+
     def close(self) -> None:
         """Kill lab processes, delete every namespace this lab created."""
         if self._closed:
             return
         self._closed = True
+        if getattr(self, "_sigterm_installed", False):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for p in self._procs:
             if p.poll() is None:
                 p.kill()
@@ -142,7 +166,6 @@ class NetLab:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     import os
-                    import signal
 
                     os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
