@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 VIEW_PERIOD = 2.0
 READY_TIMEOUT = 40.0
+#: seconds between stopping the traffic and writing the results: the agents'
+#: publish delay (0.25 s + the block timeout) and one Prometheus scrape (2 s)
+QUIESCE_SECONDS = 3.0
 
 
 class DemoUnavailable(RuntimeError):
@@ -376,6 +379,22 @@ class Demo:
                     break
 
     # ------------------------------------------------------------- results
+    def quiesce(self) -> None:
+        """Stop opening short connections and give the agents time to publish the last.
+
+        The summary then compares what the generator did with what the agents
+        counted at a quiet moment (a burst started just before the end would
+        otherwise be counted by the generator and still be in flight at the
+        agents). Long-lived connections stay open; the agents and Prometheus
+        keep running until :meth:`teardown`.
+        """
+        self.stop.set()  # the batch pod's cycle ends
+        if self.traffic is not None:
+            self.traffic.pause_short()
+        if self._batch_thread is not None:
+            self._batch_thread.join(timeout=10)
+        time.sleep(QUIESCE_SECONDS)
+
     def results(self) -> list[Path]:
         """Write ``--summary`` and the exit picture (the agents still run); the files."""
         assert self.facts is not None and self.traffic is not None
@@ -445,6 +464,7 @@ def run_demo(opts: DemoOptions, out: IO[str] = sys.stdout) -> int:
             for name, url in demo.urls().items():
                 demo.say(f"  {name}: {url}")
             demo.wait()
+            demo.quiesce()
             pictures = demo.results()
             failed = False
         finally:

@@ -97,6 +97,7 @@ class TrafficRunner:
         self.topo = topo
         self.flows = [_Flow(f) for f in flows]
         self.stop_event = threading.Event()
+        self._short_paused = threading.Event()  # no new short connection (see pause_short)
         self.thread_errors = 0
         self._rng = random.Random(seed)
         self._threads: list[threading.Thread] = []
@@ -212,6 +213,8 @@ class TrafficRunner:
             return
         while True:
             for _ in range(flow.count):
+                if self._short_paused.is_set():
+                    return
                 self._once(f)
                 if self._stopped(stop):
                     return
@@ -306,6 +309,10 @@ class TrafficRunner:
 
     def alive(self) -> bool:
         return self.thread_errors == 0
+
+    def pause_short(self) -> None:
+        """Open no new short connection from now on; long-lived ones go on (a quiet moment)."""
+        self._short_paused.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stop_event.set()
