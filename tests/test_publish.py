@@ -33,12 +33,16 @@ class FakeNat:
     def __init__(self, entries: dict[tuple[str, int, str, int], tuple[str, int, str, int]]):
         self.entries = entries
         self.asked: list[tuple[str, int, str, int]] = []
+        self.closed = 0
 
     def original_destination(
         self, src: str, sport: int, dst: str, dport: int
     ) -> tuple[str, int, str, int] | None:
         self.asked.append((src, sport, dst, dport))
         return self.entries.get((src, sport, dst, dport))
+
+    def close(self) -> None:
+        self.closed += 1
 
 
 def make(**kw: Any) -> tuple[Publisher, list[ConnectionRecord], list[ConnectionRecord]]:
@@ -181,6 +185,9 @@ def test_nat_errors_are_counted_and_the_record_still_published() -> None:
         def original_destination(self, *a: Any) -> None:
             raise OSError(1, "Operation not permitted")
 
+        def close(self) -> None:
+            pass
+
     pub, stored, counted = make(nat=Broken())
     pub.publish(rec(src="10.244.1.5", dst="10.244.1.6"))
     assert (len(stored), len(counted), pub.nat_errors) == (1, 1, 1)
@@ -237,3 +244,15 @@ def test_drain_refuses_while_the_publisher_thread_runs() -> None:
         t.join(timeout=10)
     assert not t.is_alive() and len(stored) == 3
     assert pub.drain() == 0  # the thread has ended: draining is allowed again
+
+
+def test_the_publisher_closes_its_nat_client_when_it_ends_for_good() -> None:
+    """At shutdown the publisher may outlive the agent's wait: it is the client's last user."""
+    nat = FakeNat({})
+    pub, stored, _ = make(nat=nat)
+    t = threading.Thread(target=pub.run)
+    t.start()
+    pub.offer(rec(src="10.244.1.5", dst="10.96.0.10"))
+    pub.close()
+    t.join(timeout=10)
+    assert not t.is_alive() and len(stored) == 1 and nat.asked and nat.closed == 1

@@ -322,11 +322,6 @@ class Agent:
         while not self._stop.wait(POD_SYNC_PERIOD):
             self.sync_pods()
 
-    def _close_conntrack_after_publisher(self) -> None:
-        self.publisher.finished.wait()
-        if self.conntrack is not None:
-            self.conntrack.close()
-
     def _gc_loop(self) -> None:
         """Keep the cyclic garbage collector's passes off the capture thread's back.
 
@@ -459,15 +454,8 @@ class Agent:
             self.publisher.drain()  # what is left when no publisher thread ran (or it gave up)
         self.server.stop()
         self.naming.stop()
-        if self.conntrack is not None:
-            if busy:  # the publisher still uses it: closed when the publisher ends
-                threading.Thread(
-                    target=self._close_conntrack_after_publisher,
-                    name="conntrack-close",
-                    daemon=True,
-                ).start()
-            else:
-                self.conntrack.close()
+        if self.conntrack is not None and not busy:  # else the publisher closes it when done
+            self.conntrack.close()
         log.info(
             "stopped: %d connections, %d records, %d published, %d dropped, %d conntrack errors",
             self.tracker.connections,

@@ -97,6 +97,10 @@ class NatLookup(Protocol):
         else ``None``."""
         ...
 
+    def close(self) -> None:
+        """Release what the lookups hold (a socket); a later lookup may open it again."""
+        ...
+
 
 @dataclasses.dataclass(slots=True)
 class Decision:
@@ -191,7 +195,11 @@ class Publisher:
 
     # ------------------------------------------------------- publisher side
     def run(self) -> None:
-        """The publisher loop; returns once :meth:`close` was called and the queue is empty."""
+        """The publisher loop; returns once :meth:`close` was called and the queue is empty.
+
+        Ending that way it closes its NAT lookup client: it is the client's last
+        user (at shutdown it may still publish after the agent stopped waiting).
+        """
         q = self._queue
         closing = self._closing
         clock = self._clock
@@ -219,6 +227,8 @@ class Publisher:
                     raise
         finally:
             self._running = False
+            if self._closed.is_set() and not q and self.nat is not None:
+                self.nat.close()
             self.finished.set()
 
     def block(self) -> None:
