@@ -299,6 +299,9 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=16676, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = set(args.designs.split(",")) - set(DESIGNS)
+    if unknown:
+        parser.error(f"--designs: unknown {', '.join(sorted(unknown))} (known: {', '.join(DESIGNS)})")
     if args.child:
         child(args.connections, args.seconds, args.port, args.designs.split(","), args.burst)
         return

@@ -32,7 +32,7 @@ class PublishCollector(Collector):
         self,
         dropped: Callable[[], int],
         not_reported: Callable[[], Mapping[str, int]],
-        conntrack_errors: Callable[[], int] = lambda: 0,
+        conntrack_errors: Callable[[], int],
     ) -> None:
         self.dropped = dropped
         self.not_reported = not_reported
