@@ -301,7 +301,9 @@ def main() -> None:
     args = parser.parse_args()
     unknown = set(args.designs.split(",")) - set(DESIGNS)
     if unknown:
-        parser.error(f"--designs: unknown {', '.join(sorted(unknown))} (known: {', '.join(DESIGNS)})")
+        parser.error(
+            f"--designs: unknown {', '.join(sorted(unknown))} (known: {', '.join(DESIGNS)})"
+        )
     if args.child:
         child(args.connections, args.seconds, args.port, args.designs.split(","), args.burst)
         return
