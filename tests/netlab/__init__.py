@@ -104,6 +104,7 @@ class NetLab:
         self._procs: list[subprocess.Popen[bytes]] = []
         self._first_node = first_node
         self._closed = False
+        self._sigterm_installed = False  # see _catch_sigterm
 
     # ----------------------------------------------------------- lifecycle
     def __enter__(self) -> NetLab:
@@ -130,7 +131,6 @@ class NetLab:
         behind. Only from the main thread, and only when nothing else handles
         the signal; :meth:`close` puts the default back.
         """
-        self._sigterm_installed = False
         if (
             threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -147,7 +147,7 @@ class NetLab:
         if self._closed:
             return
         self._closed = True
-        if getattr(self, "_sigterm_installed", False):
+        if self._sigterm_installed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for p in self._procs:
             if p.poll() is None:
