@@ -272,8 +272,8 @@ def test_prometheus_outcomes_and_histogram() -> None:
     v = st.values
     assert (v[E.CONNECTIONS], v[E.FAILED], v[E.RESET]) == (10, 2, 1)
     buckets = dict(zip(E.LAYOUT[E.BUCKETS0 :], v[E.BUCKETS0 :], strict=True))
-    assert buckets["duration_bucket_0.5"] == 4 and buckets["duration_bucket_1"] == 2
-    assert buckets["duration_bucket_60"] == 4 and E.ended(v) == 10
+    assert buckets["duration_le_0.5"] == 4 and buckets["duration_le_1"] == 6
+    assert buckets["duration_le_60"] == 10 and E.ended(v) == 10
 
 
 def test_prometheus_faults_are_503_within_the_timeout(silent_port: int) -> None:

@@ -21,9 +21,10 @@ the agents' fan-out sends it as is, see :data:`LAYOUT`):
 * ``sent``, ``received``: payload bytes client → server and back;
 * ``duration_sum``: lifetime of the connections that ended;
 * ``handshake_sum``, ``handshake_count``: handshake times (first record carrying one);
-* ``duration_bucket_*``: the connections that ended, per bucket of
-  :data:`DURATION_BUCKETS` (not cumulative; the last is +Inf), so a quantile is
-  computed the way PromQL's ``histogram_quantile`` does.
+* ``duration_le_*``: the connections that ended within each bound of
+  :data:`DURATION_BUCKETS`, cumulative like Prometheus' ``le`` buckets (the
+  last, +Inf, is every connection that ended), so a quantile is computed the
+  way PromQL's ``histogram_quantile`` does, with one bisection and no sum.
 
 Small sets ride along (at most :data:`MAX_DETAIL` values each): the server
 ports, a few addresses of either end and the countries of external ends.
@@ -33,9 +34,9 @@ from __future__ import annotations
 
 import math
 import operator
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, MutableSequence, Sequence
-from itertools import accumulate
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 from k8spacket.flows.record import ConnectionRecord, spelled_kind, spelled_workload
@@ -53,8 +54,8 @@ LAYOUT: tuple[str, ...] = (
     "duration_sum",
     "handshake_sum",
     "handshake_count",
-    *(f"duration_bucket_{b:g}" for b in DURATION_BUCKETS),
-    "duration_bucket_inf",
+    *(f"duration_le_{b:g}" for b in DURATION_BUCKETS),
+    "duration_le_inf",
 )
 WIDTH = len(LAYOUT)
 #: values kept per detail set (ports, addresses, countries)
@@ -172,7 +173,8 @@ def add_record(values: MutableSequence[float], rec: ConnectionRecord) -> None:
             values[RESET] += 1
         d = rec.duration_seconds
         values[DURATION_SUM] += d
-        values[BUCKETS0 + _bucket_index(d)] += 1
+        for i in range(BUCKETS0 + _bucket_index(d), WIDTH):  # cumulative
+            values[i] += 1
 
 
 def _bucket_index(d: float) -> int:
@@ -184,34 +186,35 @@ def _bucket_index(d: float) -> int:
 
 
 def ended(values: Sequence[float]) -> float:
-    """Connections that ended (the duration histogram's count)."""
-    return sum(values[BUCKETS0:])
+    """Connections that ended (the duration histogram's count: its +Inf bucket)."""
+    return values[WIDTH - 1]
 
 
-def quantile(q: float, values: Sequence[float], total: float | None = None) -> float | None:
-    """The ``q`` quantile of the duration histogram, as ``histogram_quantile`` computes it.
+_BOUNDS = DURATION_BUCKETS
+_LOWER = (0.0, *DURATION_BUCKETS)  # each bucket's lower bound (the first starts at 0)
+
+
+def quantile(q: float, values: Sequence[float]) -> float | None:
+    """The ``q`` quantile of an edge's duration histogram, as ``histogram_quantile`` computes it.
 
     Linear interpolation inside the bucket holding the rank (the first bucket
     starts at 0); a rank in the +Inf bucket answers the highest finite bound.
-    ``None`` when no connection ended. ``total`` is :func:`ended` of ``values``
-    when the caller has it already.
+    ``None`` when no connection ended. The buckets are ``values[BUCKETS0:]``,
+    cumulative: one bisection finds the rank's bucket.
     """
-    counts = values[BUCKETS0:]
-    return counts_quantile(q, counts, sum(counts) if total is None else total)
-
-
-def counts_quantile(q: float, counts: Sequence[float], total: float) -> float | None:
-    """:func:`quantile` of the histogram's counts alone (``values[BUCKETS0:]``, their sum)."""
+    total = values[WIDTH - 1]
     if total <= 0:
         return None
     rank = q * total
-    # the first bucket whose running count reaches the rank (it holds counts: rank > 0)
-    running = list(accumulate(counts))
-    k = bisect_left(running, rank) if rank > 0 else next(i for i, c in enumerate(counts) if c)
-    if k >= len(DURATION_BUCKETS):
-        return DURATION_BUCKETS[-1]  # in the +Inf bucket
-    lower, below = (DURATION_BUCKETS[k - 1], running[k - 1]) if k else (0.0, 0.0)
-    return lower + (DURATION_BUCKETS[k] - lower) * (rank - below) / counts[k]
+    # the first bucket whose count reaches the rank (it holds connections: rank > 0);
+    # for q = 0 the first bucket holding any
+    b = bisect_left(values, rank, BUCKETS0) if rank > 0 else bisect_right(values, 0.0, BUCKETS0)
+    k = b - BUCKETS0
+    if k >= len(_BOUNDS):
+        return _BOUNDS[-1]  # in the +Inf bucket
+    below = values[b - 1] if k else 0.0
+    lower = _LOWER[k]
+    return lower + (_BOUNDS[k] - lower) * (rank - below) / (values[b] - below)
 
 
 class EdgeSet:
@@ -275,6 +278,8 @@ class EdgeSet:
                 raise ValueError(f"malformed edge row: {e}") from None
             if len(values) != WIDTH or not all(math.isfinite(x) for x in values):
                 raise ValueError(f"an edge row needs {WIDTH} finite numbers")
+            if any(a > b for a, b in pairwise(values[BUCKETS0:])):
+                raise ValueError("an edge row's duration buckets are not cumulative")
             st = EdgeStats(values)
             for name in _DETAILS:
                 items = row.get(name, ())

@@ -432,10 +432,9 @@ class PrometheusSource:
                     v[E.HS_COUNT] += inc
         for (src, dst), cum in cumulative.items():
             v = out.stats(src, dst).values
-            prev = 0.0
+            prev = 0.0  # cumulative, never decreasing (increases are rounded per series)
             for i, c in enumerate(cum):
-                v[E.BUCKETS0 + i] = max(0.0, c - prev)
-                prev = max(prev, c)
+                prev = v[E.BUCKETS0 + i] = max(prev, c)
         for _, _, st in out:
             st.values[E.RESET] = max(0.0, st.values[E.RESET])
         return Answer(out, "prometheus", {"source": "prometheus", "url": self.url})
