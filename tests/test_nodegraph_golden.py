@@ -143,3 +143,28 @@ def test_built_rows_match_golden(stats_type: str, level: str) -> None:
             "nodes": doc["nodes"],
             "edges": doc["edges"],
         }
+
+
+def test_decimals_rounds_like_round_and_writes_short() -> None:
+    """``decimals`` (the fast rounding of every graph number) agrees with ``round``.
+
+    Half-way cases may differ from ``round``'s (round half even on the binary value)
+    by one unit of the last decimal, never more; the JSON text is the short
+    decimal, and values past 2**53 after scaling are kept whole.
+    """
+    import random
+
+    from k8spacket.nodegraph.build import decimals
+
+    rng = random.Random(7)
+    for _ in range(20_000):
+        x = 10 ** rng.uniform(-8, 9) * rng.choice((1, -1))
+        for scale, places in ((1e6, 6), (1e4, 4), (1e3, 3)):
+            got = decimals(x, scale)
+            assert abs(got - round(x, places)) <= 1 / scale + abs(x) * 1e-15, (x, scale, got)
+            text = repr(got)
+            assert "e" in text or len(text.partition(".")[2]) <= places, (x, text)
+    assert decimals(0.1234565, 1e6) in (0.123456, 0.123457)
+    assert json.dumps(decimals(0.3, 1e6)) == "0.3"
+    assert decimals(1e300, 1e6) == 1e300
+    assert decimals(-2.5e-7, 1e6) in (-0.0, 0.0, -1e-6)
