@@ -50,11 +50,13 @@ import argparse
 import gc
 import itertools
 import json
+import select
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -97,7 +99,7 @@ class TimedSweeps:
         try:
             return fn(*args)
         finally:
-            self._times.append(time.perf_counter() - s0)
+            self._times.append((s0, time.perf_counter() - s0))
 
     def sweep(self, now: float) -> None:
         self._timed(self._tracker.sweep, now)
@@ -108,6 +110,32 @@ class TimedSweeps:
                 self._timed(self._tracker.sweep, now)
             return False
         return self._timed(self._tracker.sweep_step, now, *args)
+
+
+class TimedEpoll:
+    """``select.epoll`` for the capture loop, with the time it spends away from ``poll``.
+
+    Between two ``poll`` calls the loop drains, sweeps and counts, or waits for
+    the interpreter lock: a block the kernel hands over meanwhile waits that
+    long. Records ``(returned, called again)`` of every turn.
+    """
+
+    def __init__(self, busy: list[tuple[float, float]]) -> None:
+        self._ep = select.epoll()
+        self._busy = busy
+        self._out = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ep, name)
+
+    def poll(self, timeout: float = -1) -> list[tuple[int, int]]:
+        t_in = time.perf_counter()
+        if self._out:
+            self._busy.append((self._out, t_in))
+        try:
+            return self._ep.poll(timeout)
+        finally:
+            self._out = time.perf_counter()
 
 
 def fill_tracker(agent: Any, n: int) -> None:
@@ -200,7 +228,15 @@ def run_design(
         original_drain(ring)
 
     agent.reader._drain = timed_drain
-    sweeps: list[float] = []
+    # the loop's epoll timed (only the reader module sees the wrapper)
+    busy: list[tuple[float, float]] = []
+    import k8spacket.capture.reader as reader_module
+
+    reader_module.select = types.SimpleNamespace(  # type: ignore[assignment]
+        **{k: getattr(select, k) for k in dir(select) if k.startswith("EPOLL")},
+        epoll=lambda: TimedEpoll(busy),
+    )
+    sweeps: list[tuple[float, float]] = []  # (start, seconds)
     agent.reader.tracker = TimedSweeps(agent.tracker, sweeps, whole=design == "before")
     agent.start()
     if design == "before":
@@ -214,17 +250,20 @@ def run_design(
             raise RuntimeError(f"interfaces never opened: {agent.reader.interfaces}")
         time.sleep(0.05)
 
-    scrapes: list[float] = []
+    scrapes: list[tuple[float, float]] = []  # (start, seconds)
     stop = threading.Event()
-    # the cyclic collector's passes (any thread; it holds the interpreter lock)
-    collections: list[tuple[int, float]] = []
+    # the cyclic collector's passes (any thread; it holds the interpreter lock):
+    # (generation, start, seconds, thread)
+    collections: list[tuple[int, float, float, str]] = []
     gc_started = [0.0]
 
     def gc_timer(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             gc_started[0] = time.perf_counter()
         else:
-            collections.append((info["generation"], time.perf_counter() - gc_started[0]))
+            t0 = gc_started[0]
+            name = threading.current_thread().name
+            collections.append((info["generation"], t0, time.perf_counter() - t0, name))
 
     gc.callbacks.append(gc_timer)
 
@@ -232,11 +271,12 @@ def run_design(
         while not stop.is_set():
             s0 = time.perf_counter()
             scrape()
-            scrapes.append(time.perf_counter() - s0)
+            scrapes.append((s0, time.perf_counter() - s0))
 
     scraping = threading.Thread(target=scraper, daemon=True)
     start = time.perf_counter()
     drains.clear()
+    busy.clear()
     sweeps.clear()
     if not idle:
         scraping.start()
@@ -245,10 +285,18 @@ def run_design(
     stop.set()
     end = time.perf_counter()
     gc.callbacks.remove(gc_timer)
-    full = [t for g, t in collections if g == 2]
+    full = [t for g, _, t, _ in collections if g == 2]
     window = [t for t in drains if start <= t <= end]
     # a stall already going on at the start (or still at the end) counts too
-    gaps = [b - a for a, b in itertools.pairwise([start, *window, end])]
+    spans = list(itertools.pairwise([start, *window, end]))
+    gaps = [b - a for a, b in spans]
+    turns = [(a, b) for a, b in busy if start <= a and b <= end]
+    turns.sort(key=lambda s: s[0] - s[1])
+    busiest = [explain(a, b, collections, sweeps, scrapes) for a, b in turns[:3]]
+    longest = [
+        explain(a, b, collections, sweeps, scrapes)
+        for a, b in sorted(spans, key=lambda s: s[0] - s[1])[:3]
+    ]
     stats = agent.reader.interface_stats()
     drops = sum(s.drops for s in stats.values())
     agent.stop()
@@ -267,14 +315,43 @@ def run_design(
         "median_gap_ms": 1000 * statistics.median(gaps) if gaps else float("nan"),
         "gaps_over_20ms": sum(1 for g in gaps if g > 0.020),
         "sweeps": len(sweeps),
-        "max_sweep_ms": 1000 * max(sweeps, default=0.0),
+        "max_sweep_ms": 1000 * max((t for _, t in sweeps), default=0.0),
         "scrapes": len(scrapes),
-        "scrape_ms": 1000 * statistics.median(scrapes) if scrapes else float("nan"),
+        "scrape_ms": 1000 * statistics.median(t for _, t in scrapes) if scrapes else float("nan"),
         "kernel_drops": drops,
         "gc_full": len(full),
         "gc_full_max_ms": 1000 * max(full, default=0.0),
-        "gc_young_max_ms": 1000 * max((t for g, t in collections if g < 2), default=0.0),
+        "gc_young_max_ms": 1000 * max((t for g, _, t, _ in collections if g < 2), default=0.0),
+        "longest": longest,
+        "busiest": busiest,
+        "max_busy_ms": 1000 * (turns[0][1] - turns[0][0]) if turns else float("nan"),
+        "busy_over_20ms": sum(1 for a, b in turns if b - a > 0.020),
     }
+
+
+def explain(
+    a: float,
+    b: float,
+    collections: list[tuple[int, float, float, str]],
+    sweeps: list[tuple[float, float]],
+    scrapes: list[tuple[float, float]],
+) -> str:
+    """One gap between drains, and what ran during it: GC passes, sweeps, a scrape."""
+
+    def overlap(s0: float, dur: float) -> float:
+        return max(0.0, min(b, s0 + dur) - max(a, s0))
+
+    parts = [
+        f"gen{g} GC {1000 * t:.1f} ms on {name}"
+        for g, s0, t, name in collections
+        if overlap(s0, t) > 0.0005
+    ]
+    swept = sum(overlap(s0, t) for s0, t in sweeps)
+    if swept > 0.0005:
+        parts.append(f"sweeps {1000 * swept:.1f} ms")
+    if any(overlap(s0, t) > 0 for s0, t in scrapes):
+        parts.append("a scrape")
+    return f"{1000 * (b - a):.1f} ms: " + (", ".join(parts) or "nothing of these")
 
 
 DESIGNS = ("idle", "before", "after")
@@ -340,6 +417,8 @@ def main() -> None:
         ("p99 gap ms", "p99_gap_ms", "{:.1f}"),
         ("median ms", "median_gap_ms", "{:.1f}"),
         (">20ms", "gaps_over_20ms", "{}"),
+        ("max busy ms", "max_busy_ms", "{:.1f}"),
+        ("busy >20ms", "busy_over_20ms", "{}"),
         ("sweep calls", "sweeps", "{}"),
         ("max sweep ms", "max_sweep_ms", "{:.1f}"),
         ("scrapes", "scrapes", "{}"),
@@ -352,6 +431,13 @@ def main() -> None:
     print("  ".join(f"{title:>12}" for title, _, _ in cols))
     for row in rows:
         print("  ".join(f"{fmt.format(row[key]):>12}" for _, key, fmt in cols))
+    for row in rows:
+        print(f"{row['design']}: the longest gaps and what overlapped them")
+        for line in row["longest"]:
+            print(f"    {line}")
+        print(f"{row['design']}: the longest turns away from poll and what overlapped them")
+        for line in row["busiest"]:
+            print(f"    {line}")
     print("goal: no gap longer than the block timeout (20 ms)")
 
 
