@@ -90,8 +90,13 @@ _SLOW = S_CFIN | S_SFIN | S_CLOSED | S_DORMANT | S_CPEND | S_SPEND | S_LEAN
 _EPHEMERAL_MIN = 32768
 #: Silence after which a dormant connection ends (``tracker.forgetAfter``).
 DEFAULT_FORGET_AFTER = 600.0
-#: Entries one live sweep step looks at (about 2 ms when each needs a record).
+#: Entries one live sweep step looks at (well under 1 ms when none needs a record).
 SWEEP_SLICE = 500
+#: Records one live sweep step emits at most (when many connections fall due at
+#: once: each record is a few microseconds, more while the publisher and a
+#: scrape compete for the interpreter lock); the rest of the slice waits for the
+#: next loop turn.
+SWEEP_EMIT = 64
 #: How long a closed connection's entry absorbs late packets (final ACKs, RST echoes).
 CLOSED_LINGER = 2.0
 #: A RST whose sequence number is further than this from the sender's known
@@ -171,6 +176,7 @@ class ConnectionTracker:
     __slots__ = (
         "_pass",
         "_pass_at",
+        "_pass_keys",
         "close_older_than",
         "connections",
         "evicted",
@@ -222,6 +228,15 @@ class ConnectionTracker:
         self.sweep_in_add = True
         self._pass: list[int] | None = None  # keys of the sliced sweep under way
         self._pass_at = 0
+        # The one list every sliced pass copies the table's keys into, refilled in
+        # place. A new list of 500,000 keys would be a young object of the cyclic
+        # garbage collector: the next two young collections (on whichever thread
+        # allocates, mostly the capture thread) would each walk its 500,000 items,
+        # 5-10 ms apiece (bench/capture_stall.py). This list is old after its first
+        # collections (frozen by the agent's GC policy), and young collections do
+        # not look into old objects, whatever they hold (the keys are ints, which
+        # the collector does not track).
+        self._pass_keys: list[int] = []
         self.records = 0
         self.connections = 0
         #: reason → count (``idle``, ``capacity``): entries removed before they closed.
@@ -682,6 +697,7 @@ class ConnectionTracker:
         """
         self.next_sweep = now + self.flush_period
         self._pass = None
+        self._pass_keys.clear()
         self._sweep_entries(list(self.table), now)
 
     def sweep_step(self, now: float, limit: int = SWEEP_SLICE) -> bool:
@@ -699,17 +715,21 @@ class ConnectionTracker:
             if now < self.next_sweep:
                 return False
             self.next_sweep = now + self.flush_period
-            keys = self._pass = list(self.table)
+            keys = self._pass = self._pass_keys
+            keys.extend(self.table)
             self._pass_at = 0
         at = self._pass_at
-        self._pass_at = at + limit
-        self._sweep_entries(keys[at : at + limit], now)
+        self._pass_at = at + self._sweep_entries(keys[at : at + limit], now, SWEEP_EMIT)
         if self._pass_at < len(keys):
             return True
+        keys.clear()
         self._pass = None
         return False
 
-    def _sweep_entries(self, keys: list[int], now: float) -> None:
+    def _sweep_entries(self, keys: list[int], now: float, emit: int = 0) -> int:
+        """Sweep ``keys``; with ``emit``, stop after that many records: how many were handled."""
+        handled = len(keys)
+        budget = emit or handled + 1
         idle_before = now - self.close_older_than
         forget_before = now - self.forget_after
         keep_dormant = self.forget_after > self.close_older_than
@@ -717,7 +737,11 @@ class ConnectionTracker:
         report_before = now - self.flush_period
         table = self.table
         dead: list[int] = []
-        for key in keys:
+        sink = self.sink
+        for n, key in enumerate(keys, 1):
+            if budget <= 0:
+                handled = n - 1
+                break
             conn = table.get(key)
             if conn is None:
                 continue
@@ -727,9 +751,11 @@ class ConnectionTracker:
                     dead.append(key)
             elif st & S_CFIN and st & S_SFIN:
                 self._final(conn, "fin")
+                budget -= 1
             elif conn.last <= idle_before:
                 if _lost_fin(st):
                     self._final(conn, "fin")  # one FIN lost, the peer acknowledged it
+                    budget -= 1
                     dead.append(key)
                     continue
                 if st & S_DORMANT:
@@ -739,19 +765,23 @@ class ConnectionTracker:
                         continue  # lean: silence is no evidence; only room ends it
                 elif keep_dormant and st & (S_SYNACK | S_SSEQ | S_MID):
                     if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
-                        self.sink(self._record(conn, None, conn.last))
+                        sink(self._record(conn, None, conn.last))
+                        budget -= 1
                     conn.state |= S_DORMANT
                     continue
                 self._final(conn, "idle")
+                budget -= 1
                 self.evicted["idle"] += 1
                 dead.append(key)
             elif conn.reported_at <= report_before:
                 if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
-                    self.sink(self._record(conn, None, now))
+                    sink(self._record(conn, None, now))
+                    budget -= 1
                 else:
                     conn.reported_at = now  # nothing new since the last record: none sent
         for key in dead:
             del table[key]
+        return handled
 
     def _evict_for_capacity(self, now: float) -> None:
         """The table is full: drop closed entries, then the least recently active 5%."""
