@@ -285,6 +285,8 @@ def run_design(
     stop.set()
     end = time.perf_counter()
     gc.callbacks.remove(gc_timer)
+    # only the passes that began inside the measured window
+    collections = [c for c in collections if start <= c[1] <= end]
     full = [t for g, _, t, _ in collections if g == 2]
     window = [t for t in drains if start <= t <= end]
     # a stall already going on at the start (or still at the end) counts too
