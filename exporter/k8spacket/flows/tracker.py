@@ -729,7 +729,7 @@ class ConnectionTracker:
     def _sweep_entries(self, keys: list[int], now: float, emit: int = 0) -> int:
         """Sweep ``keys``; with ``emit``, stop after that many records: how many were handled."""
         handled = len(keys)
-        budget = emit or handled + 1
+        stop = self.records + (emit or handled + 1)  # every record is made by _record
         idle_before = now - self.close_older_than
         forget_before = now - self.forget_after
         keep_dormant = self.forget_after > self.close_older_than
@@ -739,7 +739,7 @@ class ConnectionTracker:
         dead: list[int] = []
         sink = self.sink
         for n, key in enumerate(keys, 1):
-            if budget <= 0:
+            if self.records >= stop:
                 handled = n - 1
                 break
             conn = table.get(key)
@@ -751,11 +751,9 @@ class ConnectionTracker:
                     dead.append(key)
             elif st & S_CFIN and st & S_SFIN:
                 self._final(conn, "fin")
-                budget -= 1
             elif conn.last <= idle_before:
                 if _lost_fin(st):
                     self._final(conn, "fin")  # one FIN lost, the peer acknowledged it
-                    budget -= 1
                     dead.append(key)
                     continue
                 if st & S_DORMANT:
@@ -766,17 +764,14 @@ class ConnectionTracker:
                 elif keep_dormant and st & (S_SYNACK | S_SSEQ | S_MID):
                     if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
                         sink(self._record(conn, None, conn.last))
-                        budget -= 1
                     conn.state |= S_DORMANT
                     continue
                 self._final(conn, "idle")
-                budget -= 1
                 self.evicted["idle"] += 1
                 dead.append(key)
             elif conn.reported_at <= report_before:
                 if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
                     sink(self._record(conn, None, now))
-                    budget -= 1
                 else:
                     conn.reported_at = now  # nothing new since the last record: none sent
         for key in dead:
