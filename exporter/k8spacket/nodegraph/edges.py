@@ -190,7 +190,6 @@ def ended(values: Sequence[float]) -> float:
     return values[WIDTH - 1]
 
 
-_BOUNDS = DURATION_BUCKETS
 _LOWER = (0.0, *DURATION_BUCKETS)  # each bucket's lower bound (the first starts at 0)
 
 
@@ -202,7 +201,7 @@ def quantile(q: float, values: Sequence[float]) -> float | None:
     ``None`` when no connection ended. The buckets are ``values[BUCKETS0:]``,
     cumulative: one bisection finds the rank's bucket.
     """
-    total = values[WIDTH - 1]
+    total = ended(values)
     if total <= 0:
         return None
     rank = q * total
@@ -210,11 +209,11 @@ def quantile(q: float, values: Sequence[float]) -> float | None:
     # for q = 0 the first bucket holding any
     b = bisect_left(values, rank, BUCKETS0) if rank > 0 else bisect_right(values, 0.0, BUCKETS0)
     k = b - BUCKETS0
-    if k >= len(_BOUNDS):
-        return _BOUNDS[-1]  # in the +Inf bucket
+    if k >= len(DURATION_BUCKETS):
+        return DURATION_BUCKETS[-1]  # in the +Inf bucket
     below = values[b - 1] if k else 0.0
     lower = _LOWER[k]
-    return lower + (_BOUNDS[k] - lower) * (rank - below) / (values[b] - below)
+    return lower + (DURATION_BUCKETS[k] - lower) * (rank - below) / (values[b] - below)
 
 
 class EdgeSet:
