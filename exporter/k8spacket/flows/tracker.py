@@ -174,9 +174,10 @@ class ConnectionTracker:
     """
 
     __slots__ = (
-        "_pass",
+        "_order",
         "_pass_at",
-        "_pass_keys",
+        "_pass_end",
+        "_pass_kept",
         "close_older_than",
         "connections",
         "evicted",
@@ -226,17 +227,16 @@ class ConnectionTracker:
         #: ``next_sweep`` (replay); the live reader sets False and calls
         #: :meth:`sweep_step` from its loop instead
         self.sweep_in_add = True
-        self._pass: list[int] | None = None  # keys of the sliced sweep under way
-        self._pass_at = 0
-        # The one list every sliced pass copies the table's keys into, refilled in
-        # place. A new list of 500,000 keys would be a young object of the cyclic
-        # garbage collector: the next two young collections (on whichever thread
-        # allocates, mostly the capture thread) would each walk its 500,000 items,
-        # 5-10 ms apiece (bench/capture_stall.py). This list is old after its first
-        # collections (frozen by the agent's GC policy), and young collections do
-        # not look into old objects, whatever they hold (the keys are ints, which
-        # the collector does not track).
-        self._pass_keys: list[int] = []
+        # Every connection in the order it was created (the table's insertion
+        # order), walked by the sweep: a pass reads it by position and writes the
+        # connections it keeps back in place, so a pass starts without copying the
+        # table's keys (500,000 of them were 3.5-5 ms of C holding the interpreter
+        # lock on the capture thread). A connection removed from the table outside
+        # the sweep (capacity, port reuse) stays here until the sweep reaches it.
+        self._order: list[Connection] = []
+        self._pass_end = -1  # len(_order) when the sliced pass under way began; -1: none
+        self._pass_at = 0  # next position the pass reads
+        self._pass_kept = 0  # next position a kept connection is written to
         self.records = 0
         self.connections = 0
         #: reason → count (``idle``, ``capacity``): entries removed before they closed.
@@ -617,6 +617,7 @@ class ConnectionTracker:
                     conn.client_next = ack
                     conn.state |= S_CSEQ
         self.table[key] = conn
+        self._order.append(conn)
         self.connections += 1
 
     # ----------------------------------------------------------------- records
@@ -696,87 +697,123 @@ class ConnectionTracker:
         :meth:`sweep_step`, which does the same in slices.
         """
         self.next_sweep = now + self.flush_period
-        self._pass = None
-        self._pass_keys.clear()
-        self._sweep_entries(list(self.table), now)
+        self._close_gap()
+        end = self._pass_end = len(self._order)  # a sink that raises leaves a pass under way
+        self._sweep_entries(end, now)
+        self._end_pass(end)
 
     def sweep_step(self, now: float, limit: int = SWEEP_SLICE) -> bool:
         """One slice of a sweep, for the live capture loop; True while a pass is unfinished.
 
-        When ``now`` passes ``next_sweep`` a pass starts over the keys the table
-        holds then; each call handles the next ``limit`` of them (those still in
-        the table), so the capture thread never spends more than a few
+        When ``now`` passes ``next_sweep`` a pass starts over the connections the
+        table holds then; each call handles the next ``limit`` of them (those
+        still in the table), so the capture thread never spends more than a few
         milliseconds here between two ring drains, however many connections
-        are open (a whole pass over 500,000 took seconds). Connections that
-        arrive during a pass are looked at by the next one.
+        are open (a whole pass over 500,000 took seconds), and starting a pass
+        costs nothing. Connections that arrive during a pass are looked at by
+        the next one.
         """
-        keys = self._pass
-        if keys is None:
+        end = self._pass_end
+        if end < 0:
             if now < self.next_sweep:
                 return False
             self.next_sweep = now + self.flush_period
-            keys = self._pass = self._pass_keys
-            keys.extend(self.table)
-            self._pass_at = 0
-        at = self._pass_at
-        self._pass_at = at + self._sweep_entries(keys[at : at + limit], now, SWEEP_EMIT)
-        if self._pass_at < len(keys):
+            end = self._pass_end = len(self._order)
+            self._pass_at = self._pass_kept = 0
+        self._sweep_entries(min(self._pass_at + limit, end), now, SWEEP_EMIT)
+        if self._pass_at < end:
             return True
-        keys.clear()
-        self._pass = None
+        self._end_pass(end)
         return False
 
-    def _sweep_entries(self, keys: list[int], now: float, emit: int = 0) -> int:
-        """Sweep ``keys``; with ``emit``, stop after that many records: how many were handled."""
-        handled = len(keys)
-        stop = self.records + (emit or handled + 1)  # every record is made by _record
+    def _end_pass(self, end: int) -> None:
+        """The pass read up to ``end``: those kept move up to those that arrived meanwhile."""
+        del self._order[self._pass_kept : end]
+        self._pass_end = -1
+        self._pass_at = self._pass_kept = 0
+
+    def _close_gap(self) -> None:
+        """Abandon a sliced pass under way: the positions it has read and not kept go."""
+        if self._pass_end >= 0:
+            del self._order[self._pass_kept : self._pass_at]
+            self._pass_end = -1
+            self._pass_at = self._pass_kept = 0
+
+    def _sweep_entries(self, stop: int, now: float, emit: int = 0) -> None:
+        """Sweep ``_order`` from ``_pass_at`` up to ``stop``, keeping in place what stays.
+
+        With ``emit``, stop after that many records. Connections no longer in
+        the table (removed outside the sweep) are dropped from the order here.
+        """
+        order = self._order
+        at = first = self._pass_at
+        kept = self._pass_kept
+        budget = self.records + (emit or stop - at + 1)  # every record is made by _record
         idle_before = now - self.close_older_than
         forget_before = now - self.forget_after
         keep_dormant = self.forget_after > self.close_older_than
         linger_before = now - CLOSED_LINGER
         report_before = now - self.flush_period
         table = self.table
-        dead: list[int] = []
         sink = self.sink
-        for n, key in enumerate(keys, 1):
-            if self.records >= stop:
-                handled = n - 1
-                break
-            conn = table.get(key)
-            if conn is None:
-                continue
-            st = conn.state
-            if st & S_CLOSED:
-                if conn.last <= linger_before:
-                    dead.append(key)
-            elif st & S_CFIN and st & S_SFIN:
-                self._final(conn, "fin")
-            elif conn.last <= idle_before:
-                if _lost_fin(st):
-                    self._final(conn, "fin")  # one FIN lost, the peer acknowledged it
-                    dead.append(key)
-                    continue
-                if st & S_DORMANT:
-                    if conn.last > forget_before:
+        try:
+            while at < stop:
+                if self.records >= budget:
+                    break
+                conn = order[at]
+                at += 1
+                if table.get(conn.key) is not conn:
+                    continue  # removed for capacity or replaced by port reuse
+                st = conn.state
+                if st & S_CLOSED:
+                    if conn.last <= linger_before:
+                        del table[conn.key]
                         continue
-                    if st & S_LEAN and not st & (S_CFIN | S_SFIN):
-                        continue  # lean: silence is no evidence; only room ends it
-                elif keep_dormant and st & (S_SYNACK | S_SSEQ | S_MID):
-                    if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
-                        sink(self._record(conn, None, conn.last))
-                    conn.state |= S_DORMANT
+                elif st & S_CFIN and st & S_SFIN:
+                    self._final(conn, "fin")
+                elif conn.last <= idle_before:
+                    if _lost_fin(st):
+                        self._final(conn, "fin")  # one FIN lost, the peer acknowledged it
+                        del table[conn.key]
+                        continue
+                    if st & S_DORMANT:
+                        if conn.last > forget_before or (
+                            st & S_LEAN and not st & (S_CFIN | S_SFIN)
+                        ):
+                            # still remembered; lean: silence is no evidence, only room ends it
+                            order[kept] = conn
+                            kept += 1
+                            continue
+                    elif keep_dormant and st & (S_SYNACK | S_SSEQ | S_MID):
+                        if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
+                            sink(self._record(conn, None, conn.last))
+                        conn.state |= S_DORMANT
+                        order[kept] = conn
+                        kept += 1
+                        continue
+                    self._final(conn, "idle")
+                    self.evicted["idle"] += 1
+                    del table[conn.key]
                     continue
-                self._final(conn, "idle")
-                self.evicted["idle"] += 1
-                dead.append(key)
-            elif conn.reported_at <= report_before:
-                if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
-                    sink(self._record(conn, None, now))
-                else:
-                    conn.reported_at = now  # nothing new since the last record: none sent
-        for key in dead:
-            del table[key]
-        return handled
+                elif conn.reported_at <= report_before:
+                    if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
+                        sink(self._record(conn, None, now))
+                    else:
+                        conn.reported_at = now  # nothing new since the last record: none sent
+                order[kept] = conn
+                kept += 1
+        except BaseException:
+            # the sink raised: the connection it was given stays listed (every
+            # branch writes a kept connection back last, so it is not yet)
+            if at > first:
+                conn = order[at - 1]
+                if table.get(conn.key) is conn:
+                    order[kept] = conn
+                    kept += 1
+            raise
+        finally:
+            self._pass_at = at
+            self._pass_kept = kept
 
     def _evict_for_capacity(self, now: float) -> None:
         """The table is full: drop closed entries, then the least recently active 5%."""
@@ -824,3 +861,6 @@ class ConnectionTracker:
                 continue
             self.sink(self._record(conn, None, end))
         self.table.clear()
+        self._order.clear()
+        self._pass_end = -1
+        self._pass_at = self._pass_kept = 0
