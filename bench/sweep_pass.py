@@ -9,7 +9,10 @@ slice stops at ``SWEEP_EMIT`` records):
 * the whole pass, the number of slices, the first slice and the longest one;
 * beside them, the reference: copying the table's keys (``list(table)``), the
   work a pass used to start with before the tracker kept its own order of
-  connections (the first slice then cost that much more).
+  connections (the first slice then cost that much more);
+* a full table making room for 5% more connections: the longest ``add`` and
+  the total, in steps, beside the whole-table scan that ended 5% at once
+  (``_evict_exact``, still used for tables of up to 4,096).
 
 Run: ``python bench/sweep_pass.py [--connections 500000] [--repeat 3]``. Figures only.
 """
@@ -91,6 +94,43 @@ def main() -> None:
     print(
         f"  reference: copying the table's {n:,} keys (the old pass start) "
         f"{1000 * statistics.median(copies):.2f} ms"
+    )
+    room(n)
+
+
+def room(n: int) -> None:
+    """A full table of ``n`` makes room for new connections: per add, longest and in all."""
+    import random
+
+    t = filled(n)
+    t.max_connections = n
+    rng = random.Random(3)
+    for conn in t.table.values():  # activity unlike arrival order
+        conn.last = rng.random()
+    new = n // 20
+    adds: list[float] = []
+    t0 = time.perf_counter()
+    for i in range(new):
+        sport = 1024 + (i & 0x3FFF)
+        client = (10 << 24 | 101 << 16 | (i >> 14)) << 16 | sport
+        s0 = time.perf_counter()
+        t.add(2.0, (client << 48 | SERVER, 48, sport, 80, 1, 0, SYN, 0))
+        adds.append(time.perf_counter() - s0)
+    total = time.perf_counter() - t0
+    print(f"a full table of {n:,} making room for {new:,} new connections")
+    print(
+        f"  in steps (now): {1000 * total:.0f} ms in all, longest add {1000 * max(adds):.2f} ms, "
+        f"{t.evicted['capacity']:,} ended"
+    )
+    t = filled(n)
+    t.max_connections = n
+    for conn in t.table.values():
+        conn.last = rng.random()
+    s0 = time.perf_counter()
+    t._evict_exact(n // 20)
+    print(
+        f"  reference: the whole-table scan (before; still used up to 4,096 entries) "
+        f"{1000 * (time.perf_counter() - s0):.0f} ms at once, {t.evicted['capacity']:,} ended"
     )
 
 

@@ -10,6 +10,7 @@ in ``test_whois_lab.py``.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -394,6 +395,16 @@ def test_100k_distinct_external_addresses_through_the_tracker() -> None:
     try:
         for ts, d in packets:
             tracker.add(ts, d)
+        # The stage keeps its 2% duty: on a busy machine it may have handed fewer
+        # addresses to the registry queue than it holds (64 + 4 workers) by the
+        # time the packets are in. What is still on the hand-off fills it.
+        deadline = time.monotonic() + 60
+        while (
+            not r.counts.snapshot().get(("registry_queue", "dropped"))
+            and r._queue
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
     finally:
         registry.stop.set()
         r.close(5.0)

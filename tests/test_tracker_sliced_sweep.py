@@ -188,3 +188,95 @@ def test_a_sink_that_raises_loses_no_connection_from_the_order() -> None:
     assert sorted(c.key for c in tracker._order) == sorted(tracker.table)
     tracker.sweep(1400.0)  # the ones the failed sweep did not reach turned dormant at 710
     assert not tracker.table and not tracker._order
+
+
+# ------------------------------------------------------------ making room
+def fill_active(
+    tracker: ConnectionTracker, n: int, start: int = 0, shuffled: bool = False
+) -> list[int]:
+    """``n`` established connections, connection ``i`` last active at ``i`` ms (or,
+    ``shuffled``, at a random one of those times: activity unlike arrival order)."""
+    import random
+
+    from k8spacket.decode import Decoded
+
+    add = tracker.add
+    keys = []
+    times = list(range(start, start + n))
+    if shuffled:
+        random.Random(7).shuffle(times)
+    for i, t in zip(range(start, start + n), times, strict=True):
+        sport = 1024 + (i & 0xFFFF)
+        client = (10 << 24 | 100 << 16 | (i >> 16)) << 16 | sport
+        key, rev = client << 48 | SERVER, SERVER << 48 | client
+        ts = t / 1000
+        pkts: list[Decoded] = [
+            (key, 48, sport, 80, 1000, 0, SYN, 0),
+            (rev, 48, 80, sport, 5000, 1001, SYN | ACK, 0),
+            (key, 48, sport, 80, 1001, 5001, ACK, 0),
+        ]
+        for p in pkts:
+            add(ts, p)
+        keys.append(key)
+    return keys
+
+
+def test_a_big_full_table_makes_room_in_steps_least_recently_active_first() -> None:
+    """Past ``EVICT_EXACT_MAX`` a full table ends at most ``EVICT_BATCH`` per new
+    connection, from the least recently active share, and never grows past the cap."""
+    from k8spacket.flows.tracker import EVICT_BATCH, EVICT_EXACT_MAX
+
+    cap = 20_000
+    assert cap > EVICT_EXACT_MAX
+    out: list[ConnectionRecord] = []
+    tracker = ConnectionTracker(
+        out.append, close_older_than=1000.0, flush_period=1000.0, max_connections=cap
+    )
+    tracker.sweep_in_add = False
+    fill_active(tracker, cap, shuffled=True)
+    assert len(tracker.table) == cap and not out
+    lasts = {c.key: c.last for c in tracker.table.values()}
+    per_add = []
+    add = tracker.add
+    for i in range(cap, cap + 3000):  # 3,000 new connections, each a SYN
+        sport = 1024 + (i & 0xFFFF)
+        client = (10 << 24 | 101 << 16 | (i >> 16)) << 16 | sport
+        before = len(out)
+        add(100.0, (client << 48 | SERVER, 48, sport, 80, 1, 0, SYN, 0))
+        per_add.append(len(out) - before)
+        assert len(tracker.table) <= cap
+    assert max(per_add) <= EVICT_BATCH
+    assert tracker.evicted["capacity"] == len(out) >= 3000
+    assert {r.close for r in out} == {"idle"}
+    # What was ended is what an exact "least recently active first" would end,
+    # give or take the 5% share a threshold covers and its sampling error (the
+    # 5% quantile of 1,024 entries is within 2% of the table's, 3 sigma).
+    ended = [lasts[k] for k in lasts if k not in tracker.table]
+    assert len(ended) == len(out)
+    assert max(ended) <= sorted(lasts.values())[len(ended) + cap * 7 // 100]
+
+
+def test_making_room_drops_closed_entries_and_repeats() -> None:
+    """Closed entries found on the way go without a record; the same packets give the
+    same records (the sample is seeded)."""
+
+    def run() -> list[tuple[int, str | None]]:
+        out: list[ConnectionRecord] = []
+        tracker = ConnectionTracker(
+            out.append, close_older_than=1000.0, flush_period=1000.0, max_connections=8000
+        )
+        tracker.sweep_in_add = False
+        keys = fill_active(tracker, 8000)
+        for key in keys[:100]:  # the first 100 close by RST (closed, lingering)
+            sport = key >> 48 & 0xFFFF
+            tracker.add(50.0, (key, 48, sport, 80, 1001, 5001, 0x04 | ACK, 0))
+        assert sum(1 for c in tracker.table.values() if c.state & 32) == 100
+        n = len(out)
+        fill_active(tracker, 500, start=10_000)
+        assert len(tracker.table) <= 8000
+        assert not any(c.state & 32 for c in tracker.table.values())  # all dropped
+        assert tracker.evicted["capacity"] == len(out) - n
+        return [(r.src_port, r.close) for r in out]
+
+    first = run()
+    assert first == run()

@@ -50,6 +50,7 @@ to the slow methods.
 from __future__ import annotations
 
 import heapq
+import random
 from collections.abc import Callable
 from operator import attrgetter
 
@@ -97,6 +98,20 @@ SWEEP_SLICE = 500
 #: scrape compete for the interpreter lock); the rest of the slice waits for the
 #: next loop turn.
 SWEEP_EMIT = 64
+#: The share of the table a full table ends, least recently active first (5%).
+EVICT_SHARE = 20
+#: Up to this many connections, a full table ends exactly its least recently
+#: active share at once (a scan of the whole table, well under a millisecond).
+EVICT_EXACT_MAX = 4096
+#: Bigger tables make room in steps (a whole scan of 500,000 and 25,000 records
+#: at once held the capture thread for 140 ms): a step ends at most this many
+#: connections, those it finds below the threshold estimated from a sample
+#: (:meth:`ConnectionTracker._room_step`), looking at most ``EVICT_SCAN`` entries.
+EVICT_BATCH = 64
+EVICT_SCAN = 4096
+#: Entries sampled for the threshold (its 5% quantile is within about 1% of the
+#: table's, with 1,024 of them)
+EVICT_SAMPLE = 1024
 #: How long a closed connection's entry absorbs late packets (final ACKs, RST echoes).
 CLOSED_LINGER = 2.0
 #: A RST whose sequence number is further than this from the sender's known
@@ -174,10 +189,14 @@ class ConnectionTracker:
     """
 
     __slots__ = (
+        "_evict_at",
+        "_evict_before",
+        "_evict_left",
         "_order",
         "_pass_at",
         "_pass_end",
         "_pass_kept",
+        "_rng",
         "close_older_than",
         "connections",
         "evicted",
@@ -237,6 +256,13 @@ class ConnectionTracker:
         self._pass_end = -1  # len(_order) when the sliced pass under way began; -1: none
         self._pass_at = 0  # next position the pass reads
         self._pass_kept = 0  # next position a kept connection is written to
+        # making room in a big full table: the position of _order the next step
+        # looks at, the activity threshold, and how many more it may end before
+        # the threshold is estimated again (from a seeded sample: replays repeat)
+        self._evict_at = 0
+        self._evict_before = float("-inf")
+        self._evict_left = 0
+        self._rng = random.Random(0)
         self.records = 0
         self.connections = 0
         #: reason → count (``idle``, ``capacity``): entries removed before they closed.
@@ -816,18 +842,103 @@ class ConnectionTracker:
             self._pass_kept = kept
 
     def _evict_for_capacity(self, now: float) -> None:
-        """The table is full: drop closed entries, then the least recently active 5%."""
+        """The table is full: make room, least recently active first.
+
+        Closed entries go first. A table of up to ``EVICT_EXACT_MAX`` then ends
+        its least recently active 5% at once; a bigger one a step of at most
+        ``EVICT_BATCH`` (:meth:`_room_step`), so making room costs the capture
+        thread well under a millisecond per step instead of a scan of the whole
+        table; the table never grows past the cap.
+        """
+        if len(self.table) > EVICT_EXACT_MAX:
+            self._room_step()
+        else:
+            self._evict_exact(self.max_connections // EVICT_SHARE)
+
+    def _evict_exact(self, share: int) -> None:
+        """Drop every closed entry, then end the least recently active ``share`` (at
+        least as many as the cap needs): a scan of the whole table."""
         table = self.table
         for key in [k for k, c in table.items() if c.state & S_CLOSED]:
             del table[key]
         excess = len(table) - self.max_connections + 1
         if excess <= 0:
             return
-        n = max(excess, self.max_connections // 20)
-        for conn in heapq.nsmallest(n, table.values(), key=attrgetter("last")):
-            self._final(conn, "idle")
-            del table[conn.key]
-            self.evicted["capacity"] += 1
+        for conn in heapq.nsmallest(max(excess, share), table.values(), key=attrgetter("last")):
+            self._evict(conn)
+
+    def _evict(self, conn: Connection) -> None:
+        self._final(conn, "idle")
+        del self.table[conn.key]
+        self.evicted["capacity"] += 1
+
+    def _room_step(self) -> None:
+        """One step of making room in a big full table: at least one entry goes.
+
+        Looks at ``_order`` from where the last step stopped (at most
+        ``EVICT_SCAN`` entries) and ends the connections last active before the
+        threshold, up to ``EVICT_BATCH``; closed entries found on the way are
+        dropped. The threshold is the 5% quantile of last activity in a sample
+        of ``EVICT_SAMPLE`` entries, estimated again after every 5% of the cap
+        it has ended, or when a step finds nothing below it. A step that finds
+        nothing to end twice ends the least recently active of a fresh sample.
+        """
+        table = self.table
+        order = self._order
+        need = len(table) - self.max_connections + 1
+        batch = max(need, EVICT_BATCH)
+        for attempt in (0, 1):
+            if self._evict_left <= 0 or attempt:
+                self._evict_before = self._sample_threshold()
+                self._evict_left = max(1, self.max_connections // EVICT_SHARE)
+            before = self._evict_before
+            n = len(order)
+            at = self._evict_at
+            ended = 0
+            for _ in range(min(EVICT_SCAN, n)):
+                if at >= n:
+                    at = 0
+                conn = order[at]
+                at += 1
+                if table.get(conn.key) is not conn:
+                    continue
+                if conn.state & S_CLOSED:
+                    del table[conn.key]  # finished already: its linger ends early
+                elif conn.last <= before:
+                    self._evict(conn)
+                    ended += 1
+                    if ended >= batch:
+                        break
+            self._evict_at = at
+            self._evict_left -= ended
+            if len(table) < self.max_connections:
+                return
+        live = [c for c in self._sample(EVICT_BATCH) if not c.state & S_CLOSED]
+        if live:
+            self._evict(min(live, key=attrgetter("last")))
+        if len(table) >= self.max_connections:  # nothing live where it looked: the whole table
+            self._evict_exact(0)
+
+    def _sample(self, k: int) -> list[Connection]:
+        """Up to ``k`` connections of the table, drawn from ``_order`` at random positions."""
+        order, table = self._order, self.table
+        rnd = self._rng.randrange
+        n = len(order)
+        out: list[Connection] = []
+        if not n:
+            return out
+        for _ in range(k):
+            conn = order[rnd(n)]
+            if table.get(conn.key) is conn:
+                out.append(conn)
+        return out
+
+    def _sample_threshold(self) -> float:
+        """The 5% quantile of last activity in a sample of the table."""
+        lasts = sorted(c.last for c in self._sample(EVICT_SAMPLE))
+        if not lasts:
+            return float("-inf")
+        return lasts[len(lasts) // EVICT_SHARE]
 
     def release_owner(self, ifindex: int) -> None:
         """Interface ``ifindex`` stopped capturing: its connections go to whichever sees them next.
