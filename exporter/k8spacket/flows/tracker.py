@@ -104,13 +104,13 @@ EVICT_SHARE = 20
 #: active share at once (a scan of the whole table, well under a millisecond).
 EVICT_EXACT_MAX = 4096
 #: Bigger tables make room in steps (a whole scan of 500,000 and 25,000 records
-#: at once held the capture thread for 140 ms): a step ends at most this many
+#: at once held the capture thread for 140-320 ms): a step ends at most this many
 #: connections, those it finds below the threshold estimated from a sample
 #: (:meth:`ConnectionTracker._room_step`), looking at most ``EVICT_SCAN`` entries.
 EVICT_BATCH = 64
 EVICT_SCAN = 4096
-#: Entries sampled for the threshold (its 5% quantile is within about 1% of the
-#: table's, with 1,024 of them)
+#: Entries sampled for the threshold (the 5% quantile of 1,024 is within about
+#: 2% of the table's, three standard deviations)
 EVICT_SAMPLE = 1024
 #: How long a closed connection's entry absorbs late packets (final ACKs, RST echoes).
 CLOSED_LINGER = 2.0
