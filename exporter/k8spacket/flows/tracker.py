@@ -192,6 +192,7 @@ class ConnectionTracker:
         "_evict_at",
         "_evict_before",
         "_evict_left",
+        "_listed",
         "_order",
         "_pass_at",
         "_pass_end",
@@ -256,6 +257,10 @@ class ConnectionTracker:
         self._pass_end = -1  # len(_order) when the sliced pass under way began; -1: none
         self._pass_at = 0  # next position the pass reads
         self._pass_kept = 0  # next position a kept connection is written to
+        # connections appended to _order since the last slice: a slice reads at
+        # least twice that many positions, so a pass outruns arrivals and the
+        # order stays within about twice the table (dead entries included)
+        self._listed = 0
         # making room in a big full table: the position of _order the next step
         # looks at, the activity threshold, and how many more it may end before
         # the threshold is estimated again (from a seeded sample: replays repeat)
@@ -643,7 +648,11 @@ class ConnectionTracker:
                     conn.client_next = ack
                     conn.state |= S_CSEQ
         self.table[key] = conn
-        self._order.append(conn)
+        order = self._order
+        order.append(conn)
+        self._listed += 1
+        if len(order) > 2 * len(self.table) + SWEEP_SLICE * 8 and self._pass_end < 0:
+            self.next_sweep = float("-inf")  # many removed outside a pass: one is due now
         self.connections += 1
 
     # ----------------------------------------------------------------- records
@@ -746,6 +755,9 @@ class ConnectionTracker:
             self.next_sweep = now + self.flush_period
             end = self._pass_end = len(self._order)
             self._pass_at = self._pass_kept = 0
+            self._listed = 0  # those listed before the pass are in it
+        limit = max(limit, 2 * self._listed)
+        self._listed = 0
         self._sweep_entries(min(self._pass_at + limit, end), now, SWEEP_EMIT)
         if self._pass_at < end:
             return True
