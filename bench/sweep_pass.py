@@ -102,11 +102,16 @@ def room(n: int) -> None:
     """A full table of ``n`` makes room for new connections: per add, longest and in all."""
     import random
 
-    t = filled(n)
-    t.max_connections = n
     rng = random.Random(3)
-    for conn in t.table.values():  # activity unlike arrival order
-        conn.last = rng.random()
+
+    def full() -> ConnectionTracker:
+        t = filled(n)
+        t.max_connections = n
+        for conn in t.table.values():  # activity unlike arrival order
+            conn.last = rng.random()
+        return t
+
+    t = full()
     new = n // 20
     adds: list[float] = []
     t0 = time.perf_counter()
@@ -122,10 +127,7 @@ def room(n: int) -> None:
         f"  in steps (now): {1000 * total:.0f} ms in all, longest add {1000 * max(adds):.2f} ms, "
         f"{t.evicted['capacity']:,} ended"
     )
-    t = filled(n)
-    t.max_connections = n
-    for conn in t.table.values():
-        conn.last = rng.random()
+    t = full()
     s0 = time.perf_counter()
     t._evict_exact(n // 20)
     print(

@@ -10,11 +10,12 @@ the records must be the same, in the same order.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
 from k8spacket.flows.record import ConnectionRecord
-from k8spacket.flows.tracker import ACK, FIN, SWEEP_EMIT, SYN, ConnectionTracker
+from k8spacket.flows.tracker import ACK, FIN, SWEEP_EMIT, SYN, ConnectionTracker, Sink
 
 SERVER = (10 << 24 | 200 << 16 | 1) << 16 | 80
 
@@ -37,10 +38,18 @@ def feed(tracker: ConnectionTracker, n: int) -> None:
             add(25.0, (key, 48, sport, 80, 1001, 5001, ACK, 100 + i))
 
 
+def live(sink: Sink, **kw: Any) -> ConnectionTracker:
+    """A tracker as the live capture drives it: swept by ``sweep_step``, not by ``add``
+    (idle after 20 s and a flush period of 10 s unless given)."""
+    kw = {"close_older_than": 20.0, "flush_period": 10.0, **kw}
+    tracker = ConnectionTracker(sink, **kw)
+    tracker.sweep_in_add = False
+    return tracker
+
+
 def records(sliced: bool, n: int, limit: int) -> list[ConnectionRecord]:
     out: list[ConnectionRecord] = []
-    tracker = ConnectionTracker(out.append, close_older_than=20.0, flush_period=10.0)
-    tracker.sweep_in_add = False
+    tracker = live(out.append)
     feed(tracker, n)
     # only the FIN-closed connections reported while packets came in: no sweep ran
     assert [r.close for r in out] == ["fin"] * (n // 3)
@@ -77,8 +86,7 @@ def test_sliced_sweep_emits_what_a_whole_sweep_does(limit: int) -> None:
 
 def test_connections_gone_during_a_pass_are_skipped() -> None:
     out: list[ConnectionRecord] = []
-    tracker = ConnectionTracker(out.append, close_older_than=20.0, flush_period=10.0)
-    tracker.sweep_in_add = False
+    tracker = live(out.append)
     feed(tracker, 30)
     assert tracker.sweep_step(30.0, 10)
     n = len(out)
@@ -98,8 +106,7 @@ def test_a_pass_starts_without_copying_the_table() -> None:
     import tracemalloc
 
     out: list[ConnectionRecord] = []
-    tracker = ConnectionTracker(out.append, close_older_than=20.0, flush_period=10.0)
-    tracker.sweep_in_add = False
+    tracker = live(out.append)
     feed(tracker, 3000)
     order = tracker._order
     tracemalloc.start()
@@ -122,10 +129,7 @@ def drive_pass(tracker: ConnectionTracker, now: float, limit: int = 10) -> None:
 def test_the_order_drops_connections_removed_outside_the_sweep() -> None:
     """Removed for room or replaced on port reuse: gone from the order after one pass."""
     out: list[ConnectionRecord] = []
-    tracker = ConnectionTracker(
-        out.append, close_older_than=20.0, flush_period=10.0, max_connections=100
-    )
-    tracker.sweep_in_add = False
+    tracker = live(out.append, max_connections=100)
     feed(tracker, 300)  # capacity evictions along the way
     assert tracker.evicted["capacity"] > 0
     assert len(tracker._order) > len(tracker.table)
@@ -144,8 +148,7 @@ def test_the_order_drops_connections_removed_outside_the_sweep() -> None:
 
 def test_connections_arriving_during_a_pass_wait_for_the_next() -> None:
     out: list[ConnectionRecord] = []
-    tracker = ConnectionTracker(out.append, close_older_than=20.0, flush_period=10.0)
-    tracker.sweep_in_add = False
+    tracker = live(out.append)
     feed(tracker, 30)
     assert tracker.sweep_step(30.0, 10)
     late = (10 << 24 | 100 << 16 | 2) << 16 | 40000
@@ -170,8 +173,7 @@ def test_a_sink_that_raises_loses_no_connection_from_the_order() -> None:
                 raise RuntimeError("sink failed")
         out.append(rec)
 
-    tracker = ConnectionTracker(sink, close_older_than=20.0, flush_period=10.0)
-    tracker.sweep_in_add = False
+    tracker = live(sink)
     feed(tracker, 30)
     out.clear()
     fail[0] = 3
@@ -229,10 +231,7 @@ def test_a_big_full_table_makes_room_in_steps_least_recently_active_first() -> N
     cap = 20_000
     assert cap > EVICT_EXACT_MAX
     out: list[ConnectionRecord] = []
-    tracker = ConnectionTracker(
-        out.append, close_older_than=1000.0, flush_period=1000.0, max_connections=cap
-    )
-    tracker.sweep_in_add = False
+    tracker = live(out.append, close_older_than=1000.0, flush_period=1000.0, max_connections=cap)
     fill_active(tracker, cap, shuffled=True)
     assert len(tracker.table) == cap and not out
     lasts = {c.key: c.last for c in tracker.table.values()}
@@ -262,10 +261,9 @@ def test_making_room_drops_closed_entries_and_repeats() -> None:
 
     def run() -> list[tuple[int, str | None]]:
         out: list[ConnectionRecord] = []
-        tracker = ConnectionTracker(
+        tracker = live(
             out.append, close_older_than=1000.0, flush_period=1000.0, max_connections=8000
         )
-        tracker.sweep_in_add = False
         keys = fill_active(tracker, 8000)
         for key in keys[:100]:  # the first 100 close by RST (closed, lingering)
             sport = key >> 48 & 0xFFFF
@@ -290,10 +288,7 @@ def test_the_order_stays_bounded_under_churn_on_a_full_table() -> None:
 
     out: list[ConnectionRecord] = []
     cap = 5000
-    tracker = ConnectionTracker(
-        out.append, close_older_than=20.0, flush_period=10.0, max_connections=cap
-    )
-    tracker.sweep_in_add = False
+    tracker = live(out.append, max_connections=cap)
     i, now, longest = 0, 0.0, 0
     for _ in range(400):  # 20 s at 20 turns a second
         now += 0.05

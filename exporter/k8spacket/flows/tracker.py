@@ -773,9 +773,7 @@ class ConnectionTracker:
     def _close_gap(self) -> None:
         """Abandon a sliced pass under way: the positions it has read and not kept go."""
         if self._pass_end >= 0:
-            del self._order[self._pass_kept : self._pass_at]
-            self._pass_end = -1
-            self._pass_at = self._pass_kept = 0
+            self._end_pass(self._pass_at)
 
     def _sweep_entries(self, stop: int, now: float, emit: int = 0) -> None:
         """Sweep ``_order`` from ``_pass_at`` up to ``stop``, keeping in place what stays.
@@ -815,24 +813,23 @@ class ConnectionTracker:
                         del table[conn.key]
                         continue
                     if st & S_DORMANT:
-                        if conn.last > forget_before or (
+                        # forgotten after forget_after; lean: silence is no
+                        # evidence, only room ends it
+                        forget = conn.last <= forget_before and not (
                             st & S_LEAN and not st & (S_CFIN | S_SFIN)
-                        ):
-                            # still remembered; lean: silence is no evidence, only room ends it
-                            order[kept] = conn
-                            kept += 1
-                            continue
+                        )
                     elif keep_dormant and st & (S_SYNACK | S_SSEQ | S_MID):
                         if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
                             sink(self._record(conn, None, conn.last))
                         conn.state |= S_DORMANT
-                        order[kept] = conn
-                        kept += 1
+                        forget = False
+                    else:
+                        forget = True
+                    if forget:
+                        self._final(conn, "idle")
+                        self.evicted["idle"] += 1
+                        del table[conn.key]
                         continue
-                    self._final(conn, "idle")
-                    self.evicted["idle"] += 1
-                    del table[conn.key]
-                    continue
                 elif conn.reported_at <= report_before:
                     if conn.client_bytes or conn.server_bytes or not st & S_REPORTED:
                         sink(self._record(conn, None, now))
@@ -893,7 +890,8 @@ class ConnectionTracker:
         dropped. The threshold is the 5% quantile of last activity in a sample
         of ``EVICT_SAMPLE`` entries, estimated again after every 5% of the cap
         it has ended, or when a step finds nothing below it. A step that finds
-        nothing to end twice ends the least recently active of a fresh sample.
+        nothing to end twice ends the least recently active of a fresh sample
+        (and, should that find only closed entries, scans the whole table).
         """
         table = self.table
         order = self._order
